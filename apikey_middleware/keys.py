@@ -1,0 +1,122 @@
+"""The key format: how keys are made and how a presented one is checked offline.
+
+A key looks like ``sk_live_<id>_<secret><checksum>``:
+
+- ``sk_test_`` or ``sk_live_`` says its type;
+- ``<id>`` is the public key id (14 characters of ``[a-z0-9]``), the one
+  listings, logs and the command line show and the store looks up by. It is
+  lower case so that a case-insensitive collation (MySQL and MariaDB's
+  default) can never make two ids compare equal;
+- ``<secret>`` is 28 characters of ``[A-Za-z0-9]`` from :mod:`secrets`
+  (about 166 bits);
+- ``<checksum>`` is 6 characters encoding 32 bits of SHA-256 over everything
+  before it, prefix included, so a truncated or mistyped key is refused
+  without touching the database.
+
+Every character is in ``[A-Za-z0-9_]``: a double-click selects the whole key
+and it never needs URL-encoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import string
+import typing as t
+from dataclasses import dataclass, field
+
+KeyType = t.Literal["test", "live"]
+
+#: The key types, in the order the command line offers them.
+KEY_TYPES: tuple[KeyType, ...] = ("test", "live")
+
+#: The prefix that starts each type of key.
+PREFIXES: dict[str, str] = {"test": "sk_test_", "live": "sk_live_"}
+
+ID_LENGTH = 14
+SECRET_LENGTH = 28
+CHECKSUM_LENGTH = 6
+#: Every key has exactly this length (well under bcrypt's 72-byte limit).
+KEY_LENGTH = len("sk_live_") + ID_LENGTH + 1 + SECRET_LENGTH + CHECKSUM_LENGTH
+
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+_BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
+
+_KEY_RE = re.compile(
+    rf"sk_(test|live)_([a-z0-9]{{{ID_LENGTH}}})_[A-Za-z0-9]{{{SECRET_LENGTH}}}"
+    rf"[A-Za-z0-9]{{{CHECKSUM_LENGTH}}}"
+)
+_KEY_ID_RE = re.compile(rf"[a-z0-9]{{{ID_LENGTH}}}")
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedKey:
+    """A presented key that is well formed and passed its checksum.
+
+    It has not been checked against the store yet. The full key is kept out
+    of ``repr()`` so that it cannot leak through a log line or a traceback.
+    """
+
+    key_type: KeyType
+    key_id: str
+    key: str = field(repr=False)
+
+
+def _checksum(body: str) -> str:
+    number = int.from_bytes(hashlib.sha256(body.encode("ascii")).digest()[:4], "big")
+    digits = []
+    for _ in range(CHECKSUM_LENGTH):
+        number, digit = divmod(number, 62)
+        digits.append(_BASE62[digit])
+    return "".join(reversed(digits))
+
+
+def _random_string(alphabet: str, length: int) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def new_key_id() -> str:
+    """Return a fresh public key id."""
+    return _random_string(_ID_ALPHABET, ID_LENGTH)
+
+
+def generate_key(key_type: str, key_id: str | None = None) -> ParsedKey:
+    """Make a new key of ``key_type`` (``"test"`` or ``"live"``)."""
+    if key_type not in PREFIXES:
+        raise ValueError(f"key_type must be one of {', '.join(KEY_TYPES)}, not {key_type!r}")
+    if key_id is None:
+        key_id = new_key_id()
+    elif not is_key_id(key_id):
+        raise ValueError("key_id is not of the key id form")
+    body = f"{PREFIXES[key_type]}{key_id}_{_random_string(string.ascii_letters + string.digits, SECRET_LENGTH)}"
+    return ParsedKey(t.cast(KeyType, key_type), key_id, body + _checksum(body))
+
+
+def parse_key(token: str) -> ParsedKey | None:
+    """Return the parsed key, or ``None`` if ``token`` cannot be a key.
+
+    This is the gate in front of all hashing and database work: anything of
+    the wrong length, with a character outside the key alphabet, with an
+    unknown prefix or a bad checksum stops here. It never raises.
+    """
+    if len(token) != KEY_LENGTH:
+        return None
+    match = _KEY_RE.fullmatch(token)
+    if match is None:
+        return None
+    split = KEY_LENGTH - CHECKSUM_LENGTH
+    if not hmac.compare_digest(_checksum(token[:split]), token[split:]):
+        return None
+    return ParsedKey(t.cast(KeyType, match.group(1)), match.group(2), token)
+
+
+def is_key_id(value: str) -> bool:
+    """Tell whether ``value`` has the form of a public key id."""
+    return _KEY_ID_RE.fullmatch(value) is not None
+
+
+def display_prefix(key_type: str, key_id: str) -> str:
+    """The short form listings show, such as ``sk_live_ab12…``."""
+    return f"{PREFIXES[key_type]}{key_id[:4]}…"

@@ -1,0 +1,227 @@
+"""The WSGI middleware: authenticate each request, then label it or refuse it."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import typing as t
+from collections.abc import Iterable, Sequence
+
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
+from werkzeug.wsgi import get_path_info
+
+from .errors import (
+    ApiKeyError,
+    ForbiddenError,
+    InvalidKeyError,
+    MissingKeyError,
+    ServiceUnavailableError,
+)
+from .keys import KEY_TYPES, parse_key
+from .principal import Principal, normalize_scopes
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from .store import SQLAlchemyKeyStore
+
+logger = logging.getLogger("apikey_middleware")
+
+#: ``(methods, path, scopes)``: ``"GET"``, ``["GET", "POST"]`` or ``"*"``; a
+#: Werkzeug rule path; one scope or several.
+AccessRule = tuple[str | Sequence[str], str, str | Sequence[str]]
+
+ERROR_ENVIRON_KEY = "apikey.error"
+
+# Paths longer than this are matched every time instead of remembered, so
+# that hostile paths cannot fill memory.
+_MAX_CACHED_PATH = 512
+_PUBLIC = None
+
+
+def bearer_token(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer`` header value, or ``None``.
+
+    The scheme is case-insensitive and followed by one or more spaces (RFC
+    6750 §2.1); white space around the whole value is not part of it (RFC
+    9110 §5.5). Everything else after the spaces is the token, to be checked
+    as a key: Werkzeug's ``Authorization.from_header`` strips any Unicode
+    space from it, which would let ``"<key>\\xa0"`` through.
+    """
+    scheme, _, token = header.strip(" \t").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.lstrip(" ") or None
+
+
+def _methods(methods: str | Sequence[str]) -> list[str] | None:
+    if isinstance(methods, str):
+        methods = [methods]
+    if not methods or not all(isinstance(method, str) and method for method in methods):
+        raise ValueError(f"rule methods must be 'GET', a list of methods or '*', not {methods!r}")
+    if "*" in methods:
+        return None
+    return [method.upper() for method in methods]
+
+
+def _adapter(rules: Iterable[Rule], **options: bool) -> MapAdapter:
+    return Map(list(rules), **options).bind("localhost")
+
+
+def _matches(adapter: MapAdapter, path: str, method: str, *, redirect: bool) -> bool:
+    try:
+        adapter.match(path, method)
+    except RequestRedirect:
+        return redirect
+    except (NotFound, MethodNotAllowed):
+        return False
+    return True
+
+
+class ApiKeyMiddleware:
+    """Require an API key (``Authorization: Bearer <key>``) on a WSGI app.
+
+    .. warning::
+        The middleware guards only the paths the app is reached by through
+        it. ``rules`` and ``public`` are matched against ``PATH_INFO``: keep
+        them in step with the app's own routes.
+
+    :param app: the WSGI application to guard.
+    :param store: the key store that resolves keys.
+    :param rules: ``(methods, path, scopes)`` entries; the first whose
+        methods and Werkzeug rule path match decides the scopes a request
+        needs. A path no rule matches needs a valid key and no scope. A rule
+        also matches the path with or without a trailing slash or with
+        doubled slashes, so a variant spelling is never less guarded.
+    :param public: Werkzeug rule paths that pass without a key (and without
+        a principal), matched strictly.
+    :param required: ``False`` lets requests without a valid key through
+        too, with no principal and the reason at ``environ["apikey.error"]``
+        (an :class:`~apikey_middleware.errors.ApiKeyError`).
+    :param key_types: the key types accepted; another type is forbidden.
+    :param environ_key: where the :class:`Principal` goes in the environ.
+    :param hide_credentials: remove ``Authorization`` before the app runs.
+    :param preflight: let CORS preflight requests through without a key.
+
+    .. code-block:: python
+
+        app.wsgi_app = ApiKeyMiddleware(
+            app.wsgi_app,
+            SQLAlchemyKeyStore("sqlite:///apikeys.db"),
+            rules=[("GET", "/v1/clients", "clients:read")],
+            public=["/health"],
+        )
+
+    Override :meth:`authenticate` to change how a request is judged.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        store: SQLAlchemyKeyStore,
+        *,
+        rules: Iterable[AccessRule] = (),
+        public: Iterable[str] = (),
+        required: bool = True,
+        key_types: Iterable[str] = KEY_TYPES,
+        environ_key: str = "apikey.principal",
+        hide_credentials: bool = False,
+        preflight: bool = True,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.rules = [
+            (_methods(methods), path, normalize_scopes(scopes)) for methods, path, scopes in rules
+        ]
+        self.public = [public] if isinstance(public, str) else list(public)
+        self.required = required
+        self.key_types = frozenset(key_types)
+        if not self.key_types <= set(KEY_TYPES):
+            raise ValueError(f"key_types must be among {KEY_TYPES}, not {sorted(self.key_types)!r}")
+        if not isinstance(environ_key, str) or not environ_key:
+            raise ValueError(f"environ_key must be a non-empty string, not {environ_key!r}")
+        self.environ_key = environ_key
+        self.hide_credentials = hide_credentials
+        self.preflight = preflight
+        self._public_paths = _adapter(
+            (Rule(path) for path in self.public), strict_slashes=True, merge_slashes=False
+        )
+        self._rule_paths = [
+            (_adapter([Rule(path, methods=methods)], strict_slashes=False), scopes)
+            for methods, path, scopes in self.rules
+        ]
+        self._cached_scopes_for = functools.lru_cache(maxsize=4096)(self._scopes_for)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.app!r}, {self.store!r})"
+
+    def _scopes_for(self, method: str, path: str) -> tuple[str, ...] | None:
+        if _matches(self._public_paths, path, method, redirect=False):
+            return _PUBLIC
+        for adapter, scopes in self._rule_paths:
+            if _matches(adapter, path, method, redirect=True):
+                return scopes
+        return ()
+
+    def scopes_for(self, method: str, path: str) -> tuple[str, ...] | None:
+        """The scopes a request needs, or ``None`` for a public path."""
+        if len(path) > _MAX_CACHED_PATH:
+            return self._scopes_for(method, path)
+        return self._cached_scopes_for(method, path)
+
+    def authenticate(self, environ: WSGIEnvironment, scopes: Sequence[str] = ()) -> Principal:
+        """Return the principal of the request's key if it holds ``scopes``.
+
+        :raises ApiKeyError: the reason the request cannot go on.
+        """
+        token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
+        if token is None:
+            raise MissingKeyError
+        key = parse_key(token)
+        if key is None:
+            raise InvalidKeyError
+        principal = self.store.authenticate(key)
+        if principal.key_type not in self.key_types or not principal.has_scopes(*scopes):
+            raise ForbiddenError(scopes)
+        return principal
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        scopes = self.scopes_for(method, get_path_info(environ))
+        if scopes is _PUBLIC or (
+            self.preflight
+            and method == "OPTIONS"
+            and "HTTP_ORIGIN" in environ
+            and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
+        ):
+            return self.app(environ, start_response)
+        try:
+            environ[self.environ_key] = self.authenticate(environ, scopes)
+        except ApiKeyError as error:
+            return self._refuse(error, environ, start_response)
+        except Exception:
+            # A bug or an unforeseen fault: fail closed, but say so loudly.
+            logger.exception("API key check failed unexpectedly, refusing the request")
+            error = ServiceUnavailableError(self.store.retry_after)
+            return self._refuse(error, environ, start_response)
+        if self.hide_credentials:
+            environ.pop("HTTP_AUTHORIZATION", None)
+        return self.app(environ, start_response)
+
+    def _refuse(
+        self, error: ApiKeyError, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        if self.required:
+            return error(environ, start_response)
+        environ[ERROR_ENVIRON_KEY] = error
+        if self.hide_credentials:
+            environ.pop("HTTP_AUTHORIZATION", None)
+        return self.app(environ, start_response)
+
+    def flush(self) -> None:
+        """Write buffered usage rows now (nothing is buffered yet)."""
+
+    def close(self) -> None:
+        """Flush and stop background work; safe to call twice."""
+        self.flush()

@@ -1,0 +1,454 @@
+"""The key store: keys kept as bcrypt hashes in any SQLAlchemy database.
+
+This is the *backend* role: it turns a presented key into a
+:class:`~apikey_middleware.principal.Principal` or refuses it, and it manages
+the key records. It knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import typing as t
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from .errors import InvalidKeyError, KeyNotFoundError, ServiceUnavailableError
+from .hashing import DEFAULT_CACHE_SIZE, DEFAULT_ROUNDS, KeyHasher
+from .keys import ID_LENGTH, KEY_TYPES, KeyType, ParsedKey, display_prefix, generate_key, is_key_id
+from .principal import Principal, normalize_scopes
+
+logger = logging.getLogger("apikey_middleware")
+
+MAX_NAME_LENGTH = 200
+_CREATE_ATTEMPTS = 3
+
+State = t.Literal["active", "expiring", "expired", "revoked"]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """An aware UTC datetime, stored as a naive UTC one with microseconds.
+
+    Naive storage behaves the same on every backend (MySQL's ``TIMESTAMP``
+    and PostgreSQL's ``timestamptz`` both convert by session time zone);
+    MySQL and MariaDB are told to keep microseconds. Naive datetimes are
+    refused on the way in, so the two kinds are never mixed.
+    """
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[t.Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(sa.DateTime())
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime: give a timezone-aware one, such as UTC")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the store's tables."""
+
+    metadata = sa.MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+#: The store's tables, for ``metadata.create_all`` or Alembic's
+#: ``target_metadata``.
+metadata = Base.metadata
+
+
+class ApiKey(Base):
+    """One issued key. Only its bcrypt hash is kept, never the key."""
+
+    __tablename__ = "apikey_keys"
+
+    id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(MAX_NAME_LENGTH))
+    key_type: Mapped[str] = mapped_column(sa.String(4))
+    key_hash: Mapped[str] = mapped_column(sa.String(60))
+    # Space-separated, as in OAuth (RFC 6749 §3.3): scopes hold no spaces.
+    scopes: Mapped[str] = mapped_column(sa.String(2000))
+    owner: Mapped[str | None] = mapped_column(sa.String(MAX_NAME_LENGTH), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    replaces: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH), sa.ForeignKey("apikey_keys.id"))
+
+
+_keys = t.cast(sa.Table, ApiKey.__table__)
+# The one query on the request path: a primary-key read of what
+# authentication needs, built once so SQLAlchemy compiles it once.
+_AUTH_QUERY = sa.select(
+    _keys.c.key_type,
+    _keys.c.key_hash,
+    _keys.c.name,
+    _keys.c.scopes,
+    _keys.c.owner,
+    _keys.c.expires_at,
+    _keys.c.revoked_at,
+).where(_keys.c.id == sa.bindparam("key_id"))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """What the store knows of a key: everything but the secret."""
+
+    id: str
+    name: str
+    key_type: KeyType
+    scopes: tuple[str, ...]
+    owner: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    replaces: str | None
+
+    @property
+    def prefix(self) -> str:
+        """The short display form, such as ``sk_live_ab12…``."""
+        return display_prefix(self.key_type, self.id)
+
+    def state(self, now: datetime | None = None) -> State:
+        """``revoked``, ``expired``, ``expiring`` (has an end date) or ``active``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None:
+            return "expired" if self.expires_at <= (now or utcnow()) else "expiring"
+        return "active"
+
+    @classmethod
+    def _from_model(cls, model: ApiKey) -> KeyRecord:
+        return cls(
+            id=model.id,
+            name=model.name,
+            key_type=t.cast(KeyType, model.key_type),
+            scopes=tuple(model.scopes.split()),
+            owner=model.owner,
+            created_at=model.created_at,
+            expires_at=model.expires_at,
+            revoked_at=model.revoked_at,
+            last_used_at=model.last_used_at,
+            replaces=model.replaces,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A key just made: the only time its secret is known.
+
+    ``key`` is the full secret to hand to the client; it is kept out of
+    ``repr()``.
+    """
+
+    key: str = field(repr=False)
+    record: KeyRecord
+
+    @property
+    def id(self) -> str:
+        """The public key id."""
+        return self.record.id
+
+
+def _check_name(what: str, value: object, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"{what} must be a non-empty string of at most {MAX_NAME_LENGTH} characters")
+    return value.strip()
+
+
+def _check_aware(what: str, value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be a timezone-aware datetime")
+    return value.astimezone(UTC)
+
+
+def _sqlite_on_connect(dbapi_connection: t.Any, connection_record: t.Any) -> None:
+    # WAL lets readers go on while a revoke writes; foreign keys are off in
+    # SQLite unless asked for.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def create_store_engine(url: str | sa.URL, *, timeout: float = 5.0) -> Engine:
+    """Create an engine from ``url`` set up for the store.
+
+    Connects, waits for the pool and (SQLite) waits on a locked database for
+    at most ``timeout`` seconds, so a fault becomes a quick 503 rather than
+    a hung request.
+
+    :raises ValueError: if the URL cannot be parsed or has no driver here.
+    """
+    try:
+        parsed = sa.make_url(url)
+    except exc.ArgumentError:
+        raise ValueError("cannot parse the database URL") from None
+    shown = parsed.render_as_string(hide_password=True)
+    backend = parsed.get_backend_name()
+    connect_args: dict[str, t.Any] = {}
+    if backend == "sqlite":
+        connect_args["timeout"] = timeout
+    elif backend in ("postgresql", "mysql", "mariadb"):
+        connect_args["connect_timeout"] = max(1, round(timeout))
+    try:
+        engine = sa.create_engine(parsed, pool_timeout=timeout, connect_args=connect_args)
+    except (exc.NoSuchModuleError, ImportError) as error:
+        raise ValueError(f"no database driver for {shown}: {error}") from None
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        event.listen(engine, "connect", _sqlite_on_connect)
+    return engine
+
+
+class SQLAlchemyKeyStore:
+    """API keys in a SQLAlchemy database, kept only as bcrypt hashes.
+
+    :param url_or_engine: a database URL, or an :class:`~sqlalchemy.engine.Engine`
+        to use as it is. From a URL the store makes its own engine: SQLite
+        in WAL mode with a busy timeout, and connect and pool timeouts
+        everywhere.
+    :param bcrypt_rounds: bcrypt's cost for new keys (4 to 31).
+    :param pepper: a server-side secret mixed into every hash and never
+        stored; defaults to ``APIKEY_PEPPER``. Keys hashed with one pepper
+        only verify with the same pepper.
+    :param cache_size: how many verified keys each process remembers, so
+        bcrypt runs once per key rather than once per request. The key's row
+        is still read on every request, so a revoke is seen at once.
+    :param timeout: seconds to wait for a connection or a lock before giving
+        up (used only when the store makes the engine).
+    :param retry_after: the ``Retry-After`` seconds of the 503 answered
+        while the database cannot be reached.
+
+    Several processes may share one database: every request reads the key's
+    row, so a revoke in any process holds for the next request in all.
+
+    .. code-block:: python
+
+        store = SQLAlchemyKeyStore("sqlite:///apikeys.db")
+        store.create_schema()
+        issued = store.create_key("billing", key_type="live", scopes=["clients:read"])
+        print(issued.key)  # shown once; only its hash is stored
+    """
+
+    #: The store's tables (for Alembic: ``target_metadata = store.metadata``).
+    metadata: t.ClassVar[sa.MetaData] = metadata
+
+    def __init__(
+        self,
+        url_or_engine: str | sa.URL | Engine,
+        *,
+        bcrypt_rounds: int = DEFAULT_ROUNDS,
+        pepper: bytes | None = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        timeout: float = 5.0,
+        retry_after: int = 5,
+    ) -> None:
+        if isinstance(url_or_engine, Engine):
+            self.engine = url_or_engine
+            self._owns_engine = False
+        else:
+            self.engine = create_store_engine(url_or_engine, timeout=timeout)
+            self._owns_engine = True
+        self.hasher = KeyHasher(bcrypt_rounds, pepper, cache_size=cache_size)
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def create_schema(self) -> None:
+        """Create the store's tables where they are missing."""
+        self.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        """Close the pooled connections of an engine the store made."""
+        if self._owns_engine:
+            self.engine.dispose()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    # -- the request path ------------------------------------------------
+
+    def _auth_row(self, key_id: str) -> sa.Row[t.Any] | None:
+        for attempt in (1, 2):
+            try:
+                with self.engine.connect() as connection:
+                    return connection.execute(_AUTH_QUERY, {"key_id": key_id}).first()
+            except exc.DBAPIError as error:
+                # A connection the server dropped (restart, failover,
+                # pg_terminate_backend) is thrown away by SQLAlchemy; one
+                # more try on a fresh one saves the request.
+                if attempt == 1 and error.connection_invalidated:
+                    continue
+                self._log_fault(error)
+                raise ServiceUnavailableError(self.retry_after) from None
+            except exc.SQLAlchemyError as error:
+                self._log_fault(error)
+                raise ServiceUnavailableError(self.retry_after) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _log_fault(error: exc.SQLAlchemyError) -> None:
+        cause = error.orig if isinstance(error, exc.DBAPIError) else error
+        logger.error(
+            "API key store unavailable, refusing requests: %s: %s",
+            type(cause).__name__,
+            str(cause).splitlines()[0] if str(cause) else "",
+        )
+
+    def authenticate(self, key: ParsedKey) -> Principal:
+        """Return the principal of ``key``, reading its row now.
+
+        :raises InvalidKeyError: unknown, wrong secret, revoked or expired.
+        :raises ServiceUnavailableError: the database did not answer.
+        """
+        row = self._auth_row(key.key_id)
+        if row is None or row.key_type != key.key_type or row.revoked_at is not None:
+            raise InvalidKeyError
+        if row.expires_at is not None and row.expires_at <= utcnow():
+            raise InvalidKeyError
+        if not self.hasher.verify(key.key, row.key_hash):
+            raise InvalidKeyError
+        return Principal(
+            key.key_id, row.name, key.key_type, frozenset(row.scopes.split()), row.owner
+        )
+
+    # -- managing keys ---------------------------------------------------
+
+    def create_key(
+        self,
+        name: str,
+        *,
+        key_type: str = "test",
+        scopes: str | Iterable[str] = (),
+        owner: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> IssuedKey:
+        """Make and store a new key; the returned :class:`IssuedKey` is the
+        only place its secret will ever be.
+
+        :raises ValueError: on a bad name, type, scope, owner or expiry.
+        """
+        if key_type not in KEY_TYPES:
+            raise ValueError(f"key_type must be one of {', '.join(KEY_TYPES)}, not {key_type!r}")
+        return self._issue(
+            t.cast(str, _check_name("name", name)),
+            key_type,
+            normalize_scopes(scopes),
+            _check_name("owner", owner, optional=True),
+            _check_aware("expires_at", expires_at),
+        )
+
+    def _issue(
+        self,
+        name: str,
+        key_type: str,
+        scope_list: tuple[str, ...],
+        owner: str | None,
+        expires_at: datetime | None,
+        replaces: str | None = None,
+    ) -> IssuedKey:
+        for attempt in range(1, _CREATE_ATTEMPTS + 1):
+            parsed = generate_key(key_type)
+            model = ApiKey(
+                id=parsed.key_id,
+                name=name,
+                key_type=key_type,
+                key_hash=self.hasher.hash(parsed.key),
+                scopes=" ".join(scope_list),
+                owner=owner,
+                created_at=utcnow(),
+                expires_at=expires_at,
+                replaces=replaces,
+            )
+            try:
+                with self._session() as session, session.begin():
+                    session.add(model)
+            except exc.IntegrityError:
+                # Two ids drawn alike (about 2**-72): draw again.
+                if attempt == _CREATE_ATTEMPTS:
+                    raise
+                continue
+            return IssuedKey(parsed.key, KeyRecord._from_model(model))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def get_key(self, key_id: str) -> KeyRecord | None:
+        """The record of ``key_id``, revoked or not, or ``None``."""
+        if not isinstance(key_id, str) or not is_key_id(key_id):
+            return None
+        with self._session() as session:
+            model = session.get(ApiKey, key_id)
+            return None if model is None else KeyRecord._from_model(model)
+
+    def list_keys(
+        self, *, include_revoked: bool = False, owner: str | None = None
+    ) -> list[KeyRecord]:
+        """Records oldest first; revoked ones only with ``include_revoked``.
+
+        Expired keys are listed: their :meth:`KeyRecord.state` says so.
+        """
+        query = sa.select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+        if not include_revoked:
+            query = query.where(ApiKey.revoked_at.is_(None))
+        if owner is not None:
+            query = query.where(ApiKey.owner == owner)
+        with self._session() as session:
+            return [KeyRecord._from_model(model) for model in session.scalars(query)]
+
+    def revoke(self, key_id: str) -> KeyRecord:
+        """Revoke ``key_id`` now, for every process that uses this database.
+
+        Revoking a revoked key changes nothing.
+
+        :raises KeyNotFoundError: no key has this id.
+        """
+        if not isinstance(key_id, str) or not is_key_id(key_id):
+            raise KeyNotFoundError(str(key_id))
+        with self._session() as session, session.begin():
+            # A single UPDATE first: on SQLite it takes the write lock at
+            # once, waiting out a busy reader instead of failing.
+            session.execute(
+                sa.update(ApiKey)
+                .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+            model = session.get(ApiKey, key_id)
+            if model is None:
+                raise KeyNotFoundError(key_id)
+            return KeyRecord._from_model(model)

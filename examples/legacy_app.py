@@ -1,0 +1,118 @@
+"""A legacy WSGI app, no framework, guarded by ApiKeyMiddleware.
+
+Run it with ``make run`` or ``python examples/legacy_app.py``: it creates a
+SQLite database (``APIKEY_DATABASE_URL``, default ``instance/example.db``),
+issues a demo test key, prints it once, and serves on 127.0.0.1:5000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import typing as t
+from collections.abc import Iterable
+from pathlib import Path
+
+from werkzeug.serving import run_simple
+
+from apikey_middleware import ApiKeyMiddleware, Principal, SQLAlchemyKeyStore
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+DEMO_KEY_NAME = "legacy demo"
+DEFAULT_DATABASE_URL = "sqlite:///instance/example.db"
+
+CLIENTS: dict[str, dict[str, str]] = {
+    "1": {"id": "1", "name": "Acme Solar", "email": "ops@acme.example"},
+    "2": {"id": "2", "name": "Sunrise Homes", "email": "hello@sunrise.example"},
+}
+
+_CLIENT_PATH = re.compile(r"/v1/clients/([^/]+)")
+
+
+def _json(
+    start_response: StartResponse, status: str, payload: object
+) -> list[bytes]:
+    body = json.dumps(payload).encode()
+    start_response(
+        status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    )
+    return [body]
+
+
+def clients_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """The app being guarded: it knows nothing of keys, only reads the principal."""
+    path = environ.get("PATH_INFO", "")
+    method = environ.get("REQUEST_METHOD", "GET")
+    principal: Principal | None = environ.get("apikey.principal")
+    if path == "/health":
+        return _json(start_response, "200 OK", {"status": "ok"})
+    if path == "/v1/clients" and method == "GET":
+        caller = principal.name if principal else None
+        return _json(
+            start_response, "200 OK", {"success": True, "data": list(CLIENTS.values()), "key": caller}
+        )
+    match = _CLIENT_PATH.fullmatch(path)
+    if match and method == "GET":
+        client = CLIENTS.get(match.group(1))
+        if client is None:
+            return _json(start_response, "404 Not Found", {"success": False, "error": "no such client"})
+        return _json(start_response, "200 OK", {"success": True, "data": client})
+    return _json(start_response, "404 Not Found", {"success": False, "error": "not found"})
+
+
+def make_app(store: SQLAlchemyKeyStore) -> ApiKeyMiddleware:
+    """Wrap the legacy app: reads need ``clients:read``; ``/health`` is public."""
+    return ApiKeyMiddleware(
+        clients_app,
+        store,
+        rules=[("GET", "/v1/clients", "clients:read"), ("GET", "/v1/clients/<id>", "clients:read")],
+        public=["/health"],
+        hide_credentials=True,
+    )
+
+
+def _prepare_sqlite_folder(url: str) -> None:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and url != prefix + ":memory:":
+        Path(url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def issue_demo_key(store: SQLAlchemyKeyStore) -> str:
+    """Revoke earlier demo keys and issue a fresh one, returned once."""
+    for record in store.list_keys():
+        if record.name == DEMO_KEY_NAME:
+            store.revoke(record.id)
+    return store.create_key(DEMO_KEY_NAME, key_type="test", scopes=["clients:read"]).key
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args(argv)
+
+    url = os.environ.get("APIKEY_DATABASE_URL", DEFAULT_DATABASE_URL)
+    _prepare_sqlite_folder(url)
+    store = SQLAlchemyKeyStore(url)
+    store.create_schema()
+    key = issue_demo_key(store)
+    base = f"http://{args.host}:{args.port}"
+    print(
+        "\nDemo test key with scope clients:read (shown once, store it now; it is"
+        " replaced the next time this runs):\n"
+        f"\n    {key}\n"
+        "\nTry it:\n"
+        f'\n    curl -X GET {base}/v1/clients -H "Authorization: Bearer {key}"'
+        ' -H "Content-Type: application/json"\n'
+        f"\n    curl {base}/v1/clients      # no key: 401\n",
+        flush=True,
+    )
+    run_simple(args.host, args.port, make_app(store), threaded=True)
+
+
+if __name__ == "__main__":
+    main()
