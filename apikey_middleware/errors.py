@@ -71,9 +71,7 @@ class ApiKeyError(Exception):
         """Build the response this refusal is answered with."""
         return Response(self.body, self.status, self.get_headers())
 
-    def __call__(
-        self, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         return self.get_response()(environ, start_response)
 
 

@@ -65,8 +65,10 @@ def _methods(methods: str | Sequence[str]) -> list[str] | None:
     return [method.upper() for method in methods]
 
 
-def _adapter(rules: Iterable[Rule], **options: bool) -> MapAdapter:
-    return Map(list(rules), **options).bind("localhost")
+def _adapter(rules: Iterable[Rule], *, strict_slashes: bool, merge_slashes: bool) -> MapAdapter:
+    return Map(list(rules), strict_slashes=strict_slashes, merge_slashes=merge_slashes).bind(
+        "localhost"
+    )
 
 
 def _matches(adapter: MapAdapter, path: str, method: str, *, redirect: bool) -> bool:
@@ -148,7 +150,10 @@ class ApiKeyMiddleware:
             (Rule(path) for path in self.public), strict_slashes=True, merge_slashes=False
         )
         self._rule_paths = [
-            (_adapter([Rule(path, methods=methods)], strict_slashes=False), scopes)
+            (
+                _adapter([Rule(path, methods=methods)], strict_slashes=False, merge_slashes=True),
+                scopes,
+            )
             for methods, path, scopes in self.rules
         ]
         self._cached_scopes_for = functools.lru_cache(maxsize=4096)(self._scopes_for)
@@ -182,7 +187,9 @@ class ApiKeyMiddleware:
         if key is None:
             raise InvalidKeyError
         principal = self.store.authenticate(key)
-        if principal.key_type not in self.key_types or not principal.has_scopes(*scopes):
+        if principal.key_type not in self.key_types or (
+            scopes and not principal.has_scopes(*scopes)
+        ):
             raise ForbiddenError(scopes)
         return principal
 
@@ -203,8 +210,8 @@ class ApiKeyMiddleware:
         except Exception:
             # A bug or an unforeseen fault: fail closed, but say so loudly.
             logger.exception("API key check failed unexpectedly, refusing the request")
-            error = ServiceUnavailableError(self.store.retry_after)
-            return self._refuse(error, environ, start_response)
+            fault = ServiceUnavailableError(self.store.retry_after)
+            return self._refuse(fault, environ, start_response)
         if self.hide_credentials:
             environ.pop("HTTP_AUTHORIZATION", None)
         return self.app(environ, start_response)

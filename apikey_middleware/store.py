@@ -7,7 +7,9 @@ the key records. It knows nothing of HTTP.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 import typing as t
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -20,14 +22,17 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from ._lru import LRUCache
 from .errors import InvalidKeyError, KeyNotFoundError, ServiceUnavailableError
-from .hashing import DEFAULT_CACHE_SIZE, DEFAULT_ROUNDS, KeyHasher
+from .hashing import DEFAULT_ROUNDS, KeyHasher
 from .keys import ID_LENGTH, KEY_TYPES, KeyType, ParsedKey, display_prefix, generate_key, is_key_id
 from .principal import Principal, normalize_scopes
 
 logger = logging.getLogger("apikey_middleware")
 
 MAX_NAME_LENGTH = 200
+#: How many verified keys a store remembers when not told otherwise.
+DEFAULT_CACHE_SIZE = 10_000
 _CREATE_ATTEMPTS = 3
 
 State = t.Literal["active", "expiring", "expired", "revoked"]
@@ -100,7 +105,9 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    replaces: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH), sa.ForeignKey("apikey_keys.id"))
+    replaces: Mapped[str | None] = mapped_column(
+        sa.String(ID_LENGTH), sa.ForeignKey("apikey_keys.id")
+    )
 
 
 _keys = t.cast(sa.Table, ApiKey.__table__)
@@ -182,7 +189,9 @@ def _check_name(what: str, value: object, *, optional: bool = False) -> str | No
     if value is None and optional:
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_LENGTH:
-        raise ValueError(f"{what} must be a non-empty string of at most {MAX_NAME_LENGTH} characters")
+        raise ValueError(
+            f"{what} must be a non-empty string of at most {MAX_NAME_LENGTH} characters"
+        )
     return value.strip()
 
 
@@ -283,8 +292,12 @@ class SQLAlchemyKeyStore:
         else:
             self.engine = create_store_engine(url_or_engine, timeout=timeout)
             self._owns_engine = True
-        self.hasher = KeyHasher(bcrypt_rounds, pepper, cache_size=cache_size)
+        self.hasher = KeyHasher(bcrypt_rounds, pepper)
         self.retry_after = retry_after
+        # Verified keys: a keyed digest of (key, stored hash) -> the row it
+        # was verified against and its principal. Never the key itself.
+        self._verified: LRUCache[bytes, tuple[tuple[t.Any, ...], Principal]] = LRUCache(cache_size)
+        self._memo_secret = secrets.token_bytes(32)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -305,11 +318,12 @@ class SQLAlchemyKeyStore:
 
     # -- the request path ------------------------------------------------
 
-    def _auth_row(self, key_id: str) -> sa.Row[t.Any] | None:
+    def _auth_row(self, key_id: str) -> tuple[t.Any, ...] | None:
         for attempt in (1, 2):
             try:
                 with self.engine.connect() as connection:
-                    return connection.execute(_AUTH_QUERY, {"key_id": key_id}).first()
+                    row = connection.execute(_AUTH_QUERY, {"key_id": key_id}).first()
+                return None if row is None else tuple(row)
             except exc.DBAPIError as error:
                 # A connection the server dropped (restart, failover,
                 # pg_terminate_backend) is thrown away by SQLAlchemy; one
@@ -339,15 +353,22 @@ class SQLAlchemyKeyStore:
         :raises ServiceUnavailableError: the database did not answer.
         """
         row = self._auth_row(key.key_id)
-        if row is None or row.key_type != key.key_type or row.revoked_at is not None:
+        if row is None:
             raise InvalidKeyError
-        if row.expires_at is not None and row.expires_at <= utcnow():
+        key_type, key_hash, name, scopes, owner, expires_at, revoked_at = row
+        if key_type != key.key_type or revoked_at is not None:
             raise InvalidKeyError
-        if not self.hasher.verify(key.key, row.key_hash):
+        if expires_at is not None and expires_at <= utcnow():
             raise InvalidKeyError
-        return Principal(
-            key.key_id, row.name, key.key_type, frozenset(row.scopes.split()), row.owner
-        )
+        memo = hashlib.blake2b(f"{key.key}\0{key_hash}".encode(), key=self._memo_secret).digest()
+        known = self._verified.get(memo)
+        if known is not None and known[0] == row:
+            return known[1]
+        if not self.hasher.verify(key.key, key_hash):
+            raise InvalidKeyError
+        principal = Principal(key.key_id, name, key.key_type, frozenset(scopes.split()), owner)
+        self._verified.set(memo, (row, principal))
+        return principal
 
     # -- managing keys ---------------------------------------------------
 

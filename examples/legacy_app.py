@@ -33,9 +33,7 @@ CLIENTS: dict[str, dict[str, str]] = {
 _CLIENT_PATH = re.compile(r"/v1/clients/([^/]+)")
 
 
-def _json(
-    start_response: StartResponse, status: str, payload: object
-) -> list[bytes]:
+def _json(start_response: StartResponse, status: str, payload: object) -> list[bytes]:
     body = json.dumps(payload).encode()
     start_response(
         status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
@@ -53,13 +51,17 @@ def clients_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iter
     if path == "/v1/clients" and method == "GET":
         caller = principal.name if principal else None
         return _json(
-            start_response, "200 OK", {"success": True, "data": list(CLIENTS.values()), "key": caller}
+            start_response,
+            "200 OK",
+            {"success": True, "data": list(CLIENTS.values()), "key": caller},
         )
     match = _CLIENT_PATH.fullmatch(path)
     if match and method == "GET":
         client = CLIENTS.get(match.group(1))
         if client is None:
-            return _json(start_response, "404 Not Found", {"success": False, "error": "no such client"})
+            return _json(
+                start_response, "404 Not Found", {"success": False, "error": "no such client"}
+            )
         return _json(start_response, "200 OK", {"success": True, "data": client})
     return _json(start_response, "404 Not Found", {"success": False, "error": "not found"})
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import bcrypt
 import pytest
 
 from apikey_middleware.hashing import KeyHasher
@@ -83,63 +82,3 @@ def test_damaged_stored_hash_is_a_mismatch_not_an_error(key: str, hashed: str) -
 def test_hostile_presented_key_is_a_mismatch_not_an_error(presented: str) -> None:
     hasher = KeyHasher(4)
     assert hasher.verify(presented, hasher.hash("something")) is False
-
-
-class CountingCheckpw:
-    """The real ``bcrypt.checkpw``, counting its calls."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self._checkpw = bcrypt.checkpw
-
-    def __call__(self, password: bytes, hashed: bytes) -> bool:
-        self.calls += 1
-        return bool(self._checkpw(password, hashed))
-
-
-@pytest.fixture
-def checkpw(monkeypatch: pytest.MonkeyPatch) -> CountingCheckpw:
-    counter = CountingCheckpw()
-    monkeypatch.setattr(bcrypt, "checkpw", counter)
-    return counter
-
-
-def test_bcrypt_runs_once_per_verified_key(key: str, checkpw: CountingCheckpw) -> None:
-    hasher = KeyHasher(4)
-    hashed = hasher.hash(key)
-    assert all(hasher.verify(key, hashed) for _ in range(5))
-    assert checkpw.calls == 1
-
-
-def test_failures_are_not_remembered_as_successes(key: str, checkpw: CountingCheckpw) -> None:
-    hasher = KeyHasher(4)
-    hashed = hasher.hash(key)
-    wrong = generate_key("live").key
-    assert not hasher.verify(wrong, hashed)
-    assert not hasher.verify(wrong, hashed)
-    assert checkpw.calls == 2
-
-
-def test_memory_is_tied_to_the_stored_hash(key: str, checkpw: CountingCheckpw) -> None:
-    hasher = KeyHasher(4)
-    assert hasher.verify(key, hasher.hash(key))
-    other_hash = KeyHasher(4).hash(generate_key("live").key)
-    assert not hasher.verify(key, other_hash)
-    assert checkpw.calls == 2
-
-
-def test_memory_is_bounded(checkpw: CountingCheckpw) -> None:
-    hasher = KeyHasher(4, cache_size=2)
-    pairs = [(k, hasher.hash(k)) for k in (generate_key("test").key for _ in range(3))]
-    for k, h in pairs:
-        assert hasher.verify(k, h)
-    assert hasher.verify(*pairs[0])
-    assert checkpw.calls == 4
-
-
-def test_cache_size_zero_runs_bcrypt_every_time(key: str, checkpw: CountingCheckpw) -> None:
-    hasher = KeyHasher(4, cache_size=0)
-    hashed = hasher.hash(key)
-    assert hasher.verify(key, hashed)
-    assert hasher.verify(key, hashed)
-    assert checkpw.calls == 2

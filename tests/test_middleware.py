@@ -1,0 +1,449 @@
+"""The middleware's answers, on the wire, for every kind of request."""
+
+from __future__ import annotations
+
+import json
+import typing as t
+from collections.abc import Iterable, Iterator
+
+import pytest
+from werkzeug.test import Client, TestResponse
+
+from apikey_middleware import (
+    ApiKeyError,
+    ApiKeyMiddleware,
+    IssuedKey,
+    Principal,
+    SQLAlchemyKeyStore,
+)
+from apikey_middleware.keys import generate_key
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+MISSING = {
+    "success": False,
+    "error": {"code": "UNAUTHORIZED", "message": "No API key provided"},
+}
+INVALID = {
+    "success": False,
+    "error": {
+        "code": "INVALID_API_KEY",
+        "message": "The provided API key is invalid or has been revoked",
+    },
+}
+FORBIDDEN = {
+    "success": False,
+    "error": {
+        "code": "FORBIDDEN",
+        "message": "Your API key does not have permission to perform this action",
+    },
+}
+
+
+class RecordingApp:
+    """A tiny WSGI app that remembers the environs it was called with."""
+
+    def __init__(self) -> None:
+        self.environs: list[WSGIEnvironment] = []
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        self.environs.append(environ)
+        principal: Principal | None = environ.get("apikey.principal")
+        body = {"key_id": principal.key_id if principal else None}
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(body).encode()]
+
+    @property
+    def last(self) -> WSGIEnvironment:
+        return self.environs[-1]
+
+
+@pytest.fixture
+def app() -> RecordingApp:
+    return RecordingApp()
+
+
+@pytest.fixture
+def reader(sqlite_store: SQLAlchemyKeyStore) -> IssuedKey:
+    return sqlite_store.create_key("reader", key_type="live", scopes=["clients:read"])
+
+
+@pytest.fixture
+def admin(sqlite_store: SQLAlchemyKeyStore) -> IssuedKey:
+    return sqlite_store.create_key("admin", key_type="test", scopes=["clients:*"])
+
+
+RULES = [
+    ("GET", "/v1/clients", "clients:read"),
+    (["POST", "PUT"], "/v1/clients", ["clients:write"]),
+    ("DELETE", "/v1/clients/<int:id>", ("clients:delete",)),
+    ("*", "/admin/<path:rest>", ["admin", "clients:read"]),
+]
+
+
+@pytest.fixture
+def client(app: RecordingApp, sqlite_store: SQLAlchemyKeyStore) -> Client:
+    return Client(
+        ApiKeyMiddleware(app, sqlite_store, rules=RULES, public=["/health", "/static/<path:p>"])
+    )
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def assert_refused(
+    response: TestResponse, status: int, body: dict[str, object], challenge: str | None
+) -> None:
+    assert response.status_code == status
+    assert response.json == body
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers.get("WWW-Authenticate") == challenge
+
+
+def test_valid_key_reaches_the_app_with_its_principal(
+    client: Client, app: RecordingApp, reader: IssuedKey
+) -> None:
+    response = client.get("/v1/clients", headers=bearer(reader.key))
+    assert response.status_code == 200
+    assert response.json == {"key_id": reader.id}
+    principal = app.last["apikey.principal"]
+    assert principal == Principal(reader.id, "reader", "live", frozenset({"clients:read"}))
+    assert app.last["HTTP_AUTHORIZATION"] == f"Bearer {reader.key}"
+
+
+def test_missing_key_is_unauthorized(client: Client, app: RecordingApp) -> None:
+    response = client.get("/v1/clients")
+    assert_refused(response, 401, MISSING, 'Bearer realm="api"')
+    assert app.environs == []
+
+
+def test_exact_bytes_of_the_three_error_bodies(client: Client, reader: IssuedKey) -> None:
+    assert client.get("/").get_data() == (
+        b'{"success": false, "error": {"code": "UNAUTHORIZED", "message": "No API key provided"}}'
+    )
+    assert client.get("/", headers=bearer("sk_live_x")).get_data() == (
+        b'{"success": false, "error": {"code": "INVALID_API_KEY", '
+        b'"message": "The provided API key is invalid or has been revoked"}}'
+    )
+    assert client.post("/v1/clients", headers=bearer(reader.key)).get_data() == (
+        b'{"success": false, "error": {"code": "FORBIDDEN", '
+        b'"message": "Your API key does not have permission to perform this action"}}'
+    )
+
+
+NO_KEY_HEADERS = [
+    pytest.param(None, id="no-header"),
+    pytest.param("", id="empty"),
+    pytest.param("   ", id="blank"),
+    pytest.param("Bearer", id="bearer-alone"),
+    pytest.param("Bearer    ", id="bearer-spaces"),
+    pytest.param("Basic dXNlcjpwYXNz", id="basic-scheme"),
+    pytest.param("Token {key}", id="other-scheme"),
+    pytest.param("{key}", id="key-without-scheme"),
+    pytest.param("Bearer\t{key}", id="tab-after-scheme"),
+    pytest.param("Bearer{key}", id="no-space"),
+]
+
+
+@pytest.mark.parametrize("header", NO_KEY_HEADERS)
+def test_no_bearer_key_is_unauthorized(
+    client: Client, app: RecordingApp, reader: IssuedKey, header: str | None
+) -> None:
+    headers = {} if header is None else {"Authorization": header.format(key=reader.key)}
+    response = client.get("/v1/clients", headers=headers)
+    assert_refused(response, 401, MISSING, 'Bearer realm="api"')
+    assert app.environs == []
+
+
+def _other_secret(issued: IssuedKey) -> str:
+    return generate_key(issued.record.key_type, issued.id).key
+
+
+INVALID_HEADERS = [
+    pytest.param(lambda k: f"Bearer {k}x", id="one-char-too-many"),
+    pytest.param(lambda k: f"Bearer {k[:-1]}", id="truncated"),
+    pytest.param(lambda k: f"Bearer {k[:-1]}{'A' if k[-1] != 'A' else 'B'}", id="bad-checksum"),
+    pytest.param(lambda k: f"Bearer {k.replace('sk_live_', 'sk_test_')}", id="swapped-prefix"),
+    pytest.param(lambda k: f"Bearer {k}\tx", id="tab-inside"),
+    pytest.param(lambda k: f"Bearer \u00a0{k}", id="leading-no-break-space"),
+    pytest.param(lambda k: f"Bearer {k}\u00a0", id="trailing-no-break-space"),
+    pytest.param(lambda k: f"Bearer {k}, Bearer {k}", id="two-joined-headers"),
+    pytest.param(lambda k: f"Bearer {k} extra", id="trailing-word"),
+    pytest.param(lambda k: f"Bearer {k[:20]}\u00e9{k[21:]}", id="latin1-byte"),
+    pytest.param(lambda k: f"Bearer {k[:20]}\x00{k[21:]}", id="nul-byte"),
+    pytest.param(lambda k: "Bearer " + k * 2000, id="absurdly-long"),
+    pytest.param(lambda k: "Bearer " + "A" * 57, id="right-length-garbage"),
+    pytest.param(lambda k: "Bearer a=b, c=d", id="auth-params"),
+    pytest.param(lambda k: "Bearer " + generate_key("live").key, id="unknown-id"),
+]
+
+
+@pytest.mark.parametrize("header", INVALID_HEADERS)
+def test_bad_key_is_invalid_before_any_database_work(
+    client: Client,
+    app: RecordingApp,
+    reader: IssuedKey,
+    header: t.Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    response = client.get("/v1/clients", headers={"Authorization": header(reader.key)})
+    assert_refused(response, 401, INVALID, 'Bearer realm="api", error="invalid_token"')
+    assert app.environs == []
+    assert reader.key not in response.get_data(as_text=True)
+
+
+def test_scheme_is_case_insensitive_and_spaces_may_repeat(
+    client: Client, reader: IssuedKey
+) -> None:
+    for header in (f"bearer {reader.key}", f"BEARER   {reader.key}", f" Bearer {reader.key} "):
+        assert client.get("/v1/clients", headers={"Authorization": header}).status_code == 200
+
+
+def test_invalid_cases_are_indistinguishable(
+    client: Client, sqlite_store: SQLAlchemyKeyStore, reader: IssuedKey
+) -> None:
+    revoked = sqlite_store.create_key("gone")
+    sqlite_store.revoke(revoked.id)
+    keys = {
+        "malformed": "sk_live_nope",
+        "unknown": generate_key("live").key,
+        "wrong-secret": _other_secret(reader),
+        "revoked": revoked.key,
+    }
+    answers = set()
+    for key in keys.values():
+        response = client.get("/v1/clients", headers=bearer(key))
+        answers.add((response.status, response.get_data(), tuple(sorted(response.headers.items()))))
+    assert len(answers) == 1
+
+
+def test_key_in_the_query_string_is_never_read(
+    client: Client, app: RecordingApp, reader: IssuedKey
+) -> None:
+    for name in ("api_key", "access_token", "key", "Authorization"):
+        response = client.get(f"/v1/clients?{name}={reader.key}")
+        assert_refused(response, 401, MISSING, 'Bearer realm="api"')
+    assert app.environs == []
+
+
+def test_missing_scope_is_forbidden_with_the_needed_scope(
+    client: Client, app: RecordingApp, reader: IssuedKey
+) -> None:
+    response = client.post("/v1/clients", headers=bearer(reader.key))
+    assert_refused(
+        response,
+        403,
+        FORBIDDEN,
+        'Bearer realm="api", error="insufficient_scope", scope="clients:write"',
+    )
+    assert app.environs == []
+
+
+def test_every_required_scope_is_needed(client: Client, admin: IssuedKey) -> None:
+    response = client.get("/admin/x", headers=bearer(admin.key))
+    assert_refused(
+        response,
+        403,
+        FORBIDDEN,
+        'Bearer realm="api", error="insufficient_scope", scope="admin clients:read"',
+    )
+
+
+def test_wildcard_scope_covers_its_family(client: Client, admin: IssuedKey) -> None:
+    assert client.delete("/v1/clients/7", headers=bearer(admin.key)).status_code == 200
+    assert client.put("/v1/clients", headers=bearer(admin.key)).status_code == 200
+
+
+def test_star_scope_covers_everything(client: Client, sqlite_store: SQLAlchemyKeyStore) -> None:
+    root = sqlite_store.create_key("root", scopes=["*"])
+    assert client.get("/admin/anything", headers=bearer(root.key)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        pytest.param("GET", "/v1/clients", 200, id="get-read"),
+        pytest.param("HEAD", "/v1/clients", 200, id="head-follows-get"),
+        pytest.param("GET", "/v1/clients/", 200, id="trailing-slash-same-rule"),
+        pytest.param("POST", "/v1/clients/", 403, id="trailing-slash-still-guarded"),
+        pytest.param("POST", "/v1//clients", 403, id="doubled-slashes-still-guarded"),
+        pytest.param("DELETE", "/v1/clients/3", 403, id="delete-needs-delete"),
+        pytest.param("DELETE", "/v1/clients/abc", 200, id="converter-mismatch-falls-through"),
+        pytest.param("GET", "/elsewhere", 200, id="no-rule-needs-only-a-valid-key"),
+        pytest.param("PATCH", "/admin/x", 403, id="star-methods"),
+    ],
+)
+def test_first_matching_rule_decides(
+    client: Client, reader: IssuedKey, method: str, path: str, status: int
+) -> None:
+    response = client.open(path, method=method, headers=bearer(reader.key))
+    assert response.status_code == status
+
+
+def test_rules_are_tried_in_order() -> None:
+    store = t.cast(SQLAlchemyKeyStore, None)
+    middleware = ApiKeyMiddleware(
+        RecordingApp(),
+        store,
+        rules=[("GET", "/a/<x>", "first"), ("GET", "/a/b", "second")],
+    )
+    assert middleware.scopes_for("GET", "/a/b") == ("first",)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/health", "/static/css/site.css"],
+)
+def test_public_paths_pass_untouched_without_principal(
+    client: Client, app: RecordingApp, path: str
+) -> None:
+    response = client.get(path, headers={"Authorization": "Bearer garbage"})
+    assert response.status_code == 200
+    assert "apikey.principal" not in app.last
+    assert "apikey.error" not in app.last
+
+
+@pytest.mark.parametrize("path", ["/health/", "//health", "/healthz", "/static"])
+def test_public_paths_match_strictly(client: Client, path: str) -> None:
+    assert client.get(path).status_code == 401
+
+
+def test_cors_preflight_passes_without_a_key(client: Client, app: RecordingApp) -> None:
+    headers = {"Origin": "https://example.com", "Access-Control-Request-Method": "POST"}
+    assert client.options("/v1/clients", headers=headers).status_code == 200
+    assert client.options("/v1/clients", headers={"Origin": "x"}).status_code == 401
+    assert client.options("/v1/clients").status_code == 401
+
+
+def test_preflight_can_be_turned_off(app: RecordingApp, sqlite_store: SQLAlchemyKeyStore) -> None:
+    client = Client(ApiKeyMiddleware(app, sqlite_store, preflight=False))
+    headers = {"Origin": "https://example.com", "Access-Control-Request-Method": "POST"}
+    assert client.options("/v1/clients", headers=headers).status_code == 401
+
+
+def test_refused_key_type_is_forbidden(
+    app: RecordingApp, sqlite_store: SQLAlchemyKeyStore, reader: IssuedKey, admin: IssuedKey
+) -> None:
+    client = Client(ApiKeyMiddleware(app, sqlite_store, key_types=["live"]))
+    assert client.get("/", headers=bearer(reader.key)).status_code == 200
+    response = client.get("/", headers=bearer(admin.key))
+    assert_refused(response, 403, FORBIDDEN, 'Bearer realm="api", error="insufficient_scope"')
+
+
+def test_hide_credentials_removes_the_header(
+    app: RecordingApp, sqlite_store: SQLAlchemyKeyStore, reader: IssuedKey
+) -> None:
+    client = Client(ApiKeyMiddleware(app, sqlite_store, hide_credentials=True))
+    assert client.get("/", headers=bearer(reader.key)).status_code == 200
+    assert "HTTP_AUTHORIZATION" not in app.last
+
+
+def test_environ_key_is_configurable(
+    app: RecordingApp, sqlite_store: SQLAlchemyKeyStore, reader: IssuedKey
+) -> None:
+    client = Client(ApiKeyMiddleware(app, sqlite_store, environ_key="my.key"))
+    client.get("/", headers=bearer(reader.key))
+    assert app.last["my.key"].key_id == reader.id
+    assert "apikey.principal" not in app.last
+
+
+@pytest.mark.parametrize(
+    ("header", "code", "status"),
+    [
+        pytest.param(None, "UNAUTHORIZED", 401, id="missing"),
+        pytest.param("Bearer sk_test_bad", "INVALID_API_KEY", 401, id="invalid"),
+        pytest.param("Bearer {key}", "FORBIDDEN", 403, id="forbidden"),
+    ],
+)
+def test_optional_mode_passes_the_reason_to_the_app(
+    app: RecordingApp,
+    sqlite_store: SQLAlchemyKeyStore,
+    reader: IssuedKey,
+    header: str | None,
+    code: str,
+    status: int,
+) -> None:
+    client = Client(ApiKeyMiddleware(app, sqlite_store, rules=RULES, required=False))
+    headers = {} if header is None else {"Authorization": header.format(key=reader.key)}
+    assert client.post("/v1/clients", headers=headers).status_code == 200
+    error = app.last["apikey.error"]
+    assert isinstance(error, ApiKeyError)
+    assert (error.code, error.status) == (code, status)
+    assert str(error) == error.message
+    assert "apikey.principal" not in app.last
+    assert error.get_response().status_code == status
+
+
+def test_optional_mode_sets_the_principal_of_a_good_key(
+    app: RecordingApp, sqlite_store: SQLAlchemyKeyStore, reader: IssuedKey
+) -> None:
+    client = Client(ApiKeyMiddleware(app, sqlite_store, required=False))
+    client.get("/", headers=bearer(reader.key))
+    assert app.last["apikey.principal"].key_id == reader.id
+    assert "apikey.error" not in app.last
+
+
+def test_revoked_key_is_refused_on_the_next_request(
+    client: Client, sqlite_store: SQLAlchemyKeyStore, reader: IssuedKey
+) -> None:
+    assert client.get("/v1/clients", headers=bearer(reader.key)).status_code == 200
+    sqlite_store.revoke(reader.id)
+    response = client.get("/v1/clients", headers=bearer(reader.key))
+    assert_refused(response, 401, INVALID, 'Bearer realm="api", error="invalid_token"')
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        pytest.param({"rules": [("GET", "/x", "bad scope")]}, "scope", id="bad-scope"),
+        pytest.param({"rules": [("GET", "x", "a")]}, "slash", id="relative-path"),
+        pytest.param({"rules": [([], "/x", "a")]}, "methods", id="no-methods"),
+        pytest.param({"key_types": ["prod"]}, "key_types", id="bad-key-type"),
+        pytest.param({"environ_key": ""}, "environ_key", id="empty-environ-key"),
+        pytest.param({"public": ["nope"]}, "slash", id="relative-public"),
+    ],
+)
+def test_misconfiguration_fails_at_construction(
+    app: RecordingApp,
+    sqlite_store: SQLAlchemyKeyStore,
+    arguments: dict[str, t.Any],
+    message: str,
+) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        ApiKeyMiddleware(app, sqlite_store, **arguments)
+
+
+def test_flush_and_close_are_safe_to_call_twice(
+    app: RecordingApp, sqlite_store: SQLAlchemyKeyStore
+) -> None:
+    middleware = ApiKeyMiddleware(app, sqlite_store)
+    middleware.flush()
+    middleware.flush()
+    middleware.close()
+    middleware.close()
+
+
+def test_response_iterable_of_the_app_is_passed_through(
+    sqlite_store: SQLAlchemyKeyStore, reader: IssuedKey
+) -> None:
+    closed: list[bool] = []
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"streamed"
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def streaming(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Body()
+
+    client = Client(ApiKeyMiddleware(streaming, sqlite_store))
+    response = client.get("/", headers=bearer(reader.key))
+    assert response.get_data() == b"streamed"
+    response.close()
+    assert closed == [True]

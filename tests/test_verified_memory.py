@@ -1,0 +1,124 @@
+"""bcrypt runs once per key per process; the row is still read every time."""
+
+from __future__ import annotations
+
+import bcrypt
+import pytest
+import sqlalchemy as sa
+
+from apikey_middleware import InvalidKeyError, SQLAlchemyKeyStore
+from apikey_middleware.keys import ParsedKey, parse_key
+from apikey_middleware.store import ApiKey
+
+from .conftest import TEST_ROUNDS
+
+
+class CountingCheckpw:
+    """The real ``bcrypt.checkpw``, counting its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._checkpw = bcrypt.checkpw
+
+    def __call__(self, password: bytes, hashed: bytes) -> bool:
+        self.calls += 1
+        return bool(self._checkpw(password, hashed))
+
+
+@pytest.fixture
+def checkpw(monkeypatch: pytest.MonkeyPatch) -> CountingCheckpw:
+    counter = CountingCheckpw()
+    monkeypatch.setattr(bcrypt, "checkpw", counter)
+    return counter
+
+
+def parsed(key: str) -> ParsedKey:
+    result = parse_key(key)
+    assert result is not None
+    return result
+
+
+def test_bcrypt_runs_once_per_verified_key(
+    sqlite_store: SQLAlchemyKeyStore, checkpw: CountingCheckpw
+) -> None:
+    key = parsed(sqlite_store.create_key("n").key)
+    principals = {sqlite_store.authenticate(key) for _ in range(5)}
+    assert len(principals) == 1
+    assert checkpw.calls == 1
+
+
+def test_failures_are_never_remembered_as_successes(
+    sqlite_store: SQLAlchemyKeyStore, checkpw: CountingCheckpw
+) -> None:
+    from apikey_middleware.keys import generate_key
+
+    issued = sqlite_store.create_key("n")
+    wrong = generate_key("test", issued.id)
+    for _ in range(2):
+        with pytest.raises(InvalidKeyError):
+            sqlite_store.authenticate(wrong)
+    assert checkpw.calls == 2
+
+
+def test_memory_is_tied_to_the_stored_row(
+    sqlite_store: SQLAlchemyKeyStore, checkpw: CountingCheckpw
+) -> None:
+    first = sqlite_store.create_key("first")
+    second = sqlite_store.create_key("second")
+    key = parsed(first.key)
+    sqlite_store.authenticate(key)
+    with sqlite_store.engine.begin() as connection:
+        other_hash = connection.execute(
+            sa.select(ApiKey.key_hash).where(ApiKey.id == second.id)
+        ).scalar_one()
+        connection.execute(
+            sa.update(ApiKey).where(ApiKey.id == first.id).values(key_hash=other_hash)
+        )
+    with pytest.raises(InvalidKeyError):
+        sqlite_store.authenticate(key)
+    assert checkpw.calls == 2
+
+
+def test_changed_scopes_are_seen_at_once(sqlite_store: SQLAlchemyKeyStore) -> None:
+    issued = sqlite_store.create_key("n", scopes=["a"])
+    key = parsed(issued.key)
+    assert sqlite_store.authenticate(key).scopes == {"a"}
+    with sqlite_store.engine.begin() as connection:
+        connection.execute(sa.update(ApiKey).values(scopes="b"))
+    assert sqlite_store.authenticate(key).scopes == {"b"}
+
+
+def test_memory_is_bounded(sqlite_url: str, checkpw: CountingCheckpw) -> None:
+    store = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS, cache_size=2)
+    store.create_schema()
+    keys = [parsed(store.create_key(f"k{n}").key) for n in range(3)]
+    for key in keys:
+        store.authenticate(key)
+    store.authenticate(keys[0])  # forgotten: the oldest of three in a memory of two
+    assert checkpw.calls == 4
+    assert len(store._verified) == 2
+    store.close()
+
+
+def test_cache_size_zero_runs_bcrypt_every_time(sqlite_url: str, checkpw: CountingCheckpw) -> None:
+    store = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS, cache_size=0)
+    store.create_schema()
+    key = parsed(store.create_key("n").key)
+    store.authenticate(key)
+    store.authenticate(key)
+    assert checkpw.calls == 2
+    store.close()
+
+
+def test_memory_holds_no_key(sqlite_store: SQLAlchemyKeyStore) -> None:
+    issued = sqlite_store.create_key("n")
+    sqlite_store.authenticate(parsed(issued.key))
+    remembered = repr(list(sqlite_store._verified._data.items()))
+    assert issued.key not in remembered
+    assert issued.key[23:-6] not in remembered
+
+
+@pytest.mark.parametrize("size", [-1, "10", 1.5])
+def test_bad_cache_size_is_refused(sqlite_url: str, size: object) -> None:
+    with pytest.raises(ValueError, match="cache size"):
+        SQLAlchemyKeyStore(sqlite_url, cache_size=size)  # type: ignore[arg-type]
