@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench legacy clean
+.PHONY: run run-legacy test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed")'
@@ -14,7 +14,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python examples/legacy_app.py
+	$(BIN)/python -m examples.flask_app
+
+run-legacy: $(STAMP)
+	$(BIN)/python -m examples.legacy_app
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -229,16 +229,17 @@ def create_store_engine(url: str | sa.URL, *, timeout: float = 5.0) -> Engine:
         raise ValueError("cannot parse the database URL") from None
     shown = parsed.render_as_string(hide_password=True)
     backend = parsed.get_backend_name()
-    connect_args: dict[str, t.Any] = {}
+    in_memory = backend == "sqlite" and parsed.database in (None, "", ":memory:")
+    options: dict[str, t.Any] = {} if in_memory else {"pool_timeout": timeout}
     if backend == "sqlite":
-        connect_args["timeout"] = timeout
+        options["connect_args"] = {"timeout": timeout}
     elif backend in ("postgresql", "mysql", "mariadb"):
-        connect_args["connect_timeout"] = max(1, round(timeout))
+        options["connect_args"] = {"connect_timeout": max(1, round(timeout))}
     try:
-        engine = sa.create_engine(parsed, pool_timeout=timeout, connect_args=connect_args)
+        engine = sa.create_engine(parsed, **options)
     except (exc.NoSuchModuleError, ImportError) as error:
         raise ValueError(f"no database driver for {shown}: {error}") from None
-    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+    if backend == "sqlite" and not in_memory:
         event.listen(engine, "connect", _sqlite_on_connect)
     return engine
 

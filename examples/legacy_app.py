@@ -1,8 +1,9 @@
 """A legacy WSGI app, no framework, guarded by ApiKeyMiddleware.
 
-Run it with ``make run`` or ``python examples/legacy_app.py``: it creates a
-SQLite database (``APIKEY_DATABASE_URL``, default ``instance/example.db``),
-issues a demo test key, prints it once, and serves on 127.0.0.1:5000.
+Run it with ``make run-legacy`` or ``python -m examples.legacy_app``: it
+creates a SQLite database (``APIKEY_DATABASE_URL``, default
+``instance/apikeys.db``), issues a demo test key, prints it once, and serves
+on 127.0.0.1:5000.
 """
 
 from __future__ import annotations
@@ -13,17 +14,22 @@ import os
 import re
 import typing as t
 from collections.abc import Iterable
-from pathlib import Path
 
 from werkzeug.serving import run_simple
 
 from apikey_middleware import ApiKeyMiddleware, Principal, SQLAlchemyKeyStore
+from examples._demo import (
+    DEFAULT_DATABASE_URL,
+    curl,
+    ensure_sqlite_folder,
+    issue_demo_keys,
+    print_demo,
+)
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 DEMO_KEY_NAME = "legacy demo"
-DEFAULT_DATABASE_URL = "sqlite:///instance/example.db"
 
 CLIENTS: dict[str, dict[str, str]] = {
     "1": {"id": "1", "name": "Acme Solar", "email": "ops@acme.example"},
@@ -77,42 +83,19 @@ def make_app(store: SQLAlchemyKeyStore) -> ApiKeyMiddleware:
     )
 
 
-def _prepare_sqlite_folder(url: str) -> None:
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and url != prefix + ":memory:":
-        Path(url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
-
-
-def issue_demo_key(store: SQLAlchemyKeyStore) -> str:
-    """Revoke earlier demo keys and issue a fresh one, returned once."""
-    for record in store.list_keys():
-        if record.name == DEMO_KEY_NAME:
-            store.revoke(record.id)
-    return store.create_key(DEMO_KEY_NAME, key_type="test", scopes=["clients:read"]).key
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Serve the legacy WSGI example.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
 
     url = os.environ.get("APIKEY_DATABASE_URL", DEFAULT_DATABASE_URL)
-    _prepare_sqlite_folder(url)
+    ensure_sqlite_folder(url)
     store = SQLAlchemyKeyStore(url)
-    store.create_schema()
-    key = issue_demo_key(store)
+    scopes = ["clients:read"]
+    (key,) = issue_demo_keys(store, [(DEMO_KEY_NAME, scopes)])
     base = f"http://{args.host}:{args.port}"
-    print(
-        "\nDemo test key with scope clients:read (shown once, store it now; it is"
-        " replaced the next time this runs):\n"
-        f"\n    {key}\n"
-        "\nTry it:\n"
-        f'\n    curl -X GET {base}/v1/clients -H "Authorization: Bearer {key}"'
-        ' -H "Content-Type: application/json"\n'
-        f"\n    curl {base}/v1/clients      # no key: 401\n",
-        flush=True,
-    )
+    print_demo(base, [(DEMO_KEY_NAME, scopes, key)], [curl("GET", f"{base}/v1/clients", key)])
     run_simple(args.host, args.port, make_app(store), threaded=True)
 
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import typing as t
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +22,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-KEY_RE = re.compile(r"sk_test_[A-Za-z0-9_]+")
+KEY_RE = re.compile(r"^\s+(sk_test_[A-Za-z0-9_]+)$", re.MULTILINE)
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
 
 def free_port() -> int:
@@ -36,10 +38,8 @@ class Served:
     output: str
 
     @property
-    def key(self) -> str:
-        match = KEY_RE.search(self.output)
-        assert match is not None, self.output
-        return match.group(0)
+    def keys(self) -> list[str]:
+        return KEY_RE.findall(self.output)
 
     def curl_lines(self) -> list[str]:
         return [
@@ -47,21 +47,25 @@ class Served:
         ]
 
 
-def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
-    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310
+def get(
+    url: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, dict[str, t.Any]]:
+    request = urllib.request.Request(url, headers=headers or {}, method=method)  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        with error:
+            return error.code, json.loads(error.read())
 
 
 @contextmanager
-def serve(script: str, tmp_path: Path) -> Iterator[Served]:
+def serve(module: str, tmp_path: Path) -> Iterator[Served]:
+    """Run ``python -m module`` as ``make run`` does, until the test ends."""
     port = free_port()
     env = {**os.environ, "APIKEY_DATABASE_URL": f"sqlite:///{tmp_path / 'example.db'}"}
     process = subprocess.Popen(  # noqa: S603
-        [sys.executable, script, "--port", str(port)],
+        [sys.executable, "-m", module, "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -69,20 +73,20 @@ def serve(script: str, tmp_path: Path) -> Iterator[Served]:
         text=True,
     )
     assert process.stdout is not None
-    output = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        output.append(line)
-        if line.strip().startswith("curl") and "no key" in line:
-            break
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
     try:
+        output = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            output.append(line)
+            if not line or "# no key" in line:
+                break
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
         yield Served(f"http://127.0.0.1:{port}", "".join(output))
     finally:
         process.terminate()
@@ -90,48 +94,89 @@ def serve(script: str, tmp_path: Path) -> Iterator[Served]:
         process.stdout.close()
 
 
+def run_pasted(line: str) -> dict[str, t.Any]:
+    """Run a printed ``curl`` line as a shell would, comment dropped."""
+    command = shlex.split(line, comments=True)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)  # noqa: S603
+    return t.cast(dict[str, t.Any], json.loads(result.stdout))
+
+
 @pytest.fixture
 def legacy(tmp_path: Path) -> Iterator[Served]:
-    with serve("examples/legacy_app.py", tmp_path) as served:
+    with serve("examples.legacy_app", tmp_path) as served:
         yield served
 
 
-def test_legacy_example_prints_a_demo_key_and_curl_lines(legacy: Served) -> None:
+@pytest.fixture
+def flask_example(tmp_path: Path) -> Iterator[Served]:
+    with serve("examples.flask_app", tmp_path) as served:
+        yield served
+
+
+def test_legacy_example_prints_its_key_once_with_a_warning(legacy: Served) -> None:
+    (key,) = legacy.keys
     assert "shown once" in legacy.output
-    assert any(f'-H "Authorization: Bearer {legacy.key}"' in line for line in legacy.curl_lines())
+    assert legacy.output.count(key) == 2  # the key, and the curl line that uses it
+    assert any(f'-H "Authorization: Bearer {key}"' in line for line in legacy.curl_lines())
 
 
 def test_legacy_example_guards_its_routes(legacy: Served) -> None:
+    (key,) = legacy.keys
     assert get(f"{legacy.base}/health") == (200, {"status": "ok"})
     status, body = get(f"{legacy.base}/v1/clients")
     assert status == 401
     assert body["error"] == {"code": "UNAUTHORIZED", "message": "No API key provided"}
-    auth = {"Authorization": f"Bearer {legacy.key}"}
+    auth = {"Authorization": f"Bearer {key}"}
     status, body = get(f"{legacy.base}/v1/clients", auth)
-    assert status == 200
-    assert body["key"] == "legacy demo"
+    assert (status, body["key"]) == (200, "legacy demo")
     status, body = get(f"{legacy.base}/v1/clients/1", auth)
-    assert (status, body["data"]["name"]) == (200, "Acme Solar")  # type: ignore[index]
-    status, _ = get(f"{legacy.base}/v1/clients", {"Authorization": f"Bearer {legacy.key[:-1]}"})
-    assert status == 401
+    assert (status, body["data"]["name"]) == (200, "Acme Solar")
+    assert get(f"{legacy.base}/v1/clients", {"Authorization": f"Bearer {key[:-1]}"})[0] == 401
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_printed_curl_lines_work_when_pasted(legacy: Served) -> None:
+@needs_curl
+def test_legacy_curl_lines_work_when_pasted(legacy: Served) -> None:
     with_key, without_key = legacy.curl_lines()
-    out = subprocess.run(  # noqa: S603
-        shlex.split(with_key), capture_output=True, text=True, timeout=30, check=True
-    ).stdout
-    assert json.loads(out)["success"] is True
-    command = shlex.split(without_key.split("#")[0])
-    out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True).stdout  # noqa: S603
-    assert json.loads(out)["error"]["code"] == "UNAUTHORIZED"
+    assert run_pasted(with_key)["success"] is True
+    assert run_pasted(without_key)["error"]["code"] == "UNAUTHORIZED"
 
 
 def test_running_again_replaces_the_demo_key(tmp_path: Path) -> None:
-    with serve("examples/legacy_app.py", tmp_path) as first:
+    with serve("examples.legacy_app", tmp_path) as first:
         pass
-    with serve("examples/legacy_app.py", tmp_path) as second:
-        assert first.key != second.key
-        assert get(f"{second.base}/v1/clients", {"Authorization": f"Bearer {first.key}"})[0] == 401
-        assert get(f"{second.base}/v1/clients", {"Authorization": f"Bearer {second.key}"})[0] == 200
+    with serve("examples.legacy_app", tmp_path) as second:
+        assert first.keys != second.keys
+        old, new = first.keys[0], second.keys[0]
+        assert get(f"{second.base}/v1/clients", {"Authorization": f"Bearer {old}"})[0] == 401
+        assert get(f"{second.base}/v1/clients", {"Authorization": f"Bearer {new}"})[0] == 200
+
+
+def test_flask_example_prints_two_keys_once(flask_example: Served) -> None:
+    reader, admin = flask_example.keys
+    assert reader != admin
+    assert "shown once" in flask_example.output
+    assert "demo reader (clients:read)" in flask_example.output
+
+
+@needs_curl
+def test_flask_curl_lines_answer_as_documented(flask_example: Served) -> None:
+    read, forbidden_write, write, delete, no_key = flask_example.curl_lines()
+    listed = run_pasted(read)
+    assert listed["success"] is True
+    assert [row["name"] for row in listed["data"]] == ["Acme Solar", "Sunrise Homes"]
+    assert run_pasted(forbidden_write)["error"]["code"] == "FORBIDDEN"
+    assert run_pasted(write)["data"]["name"] == "Nova"
+    assert run_pasted(delete) == {"success": True}
+    assert run_pasted(no_key)["error"]["code"] == "UNAUTHORIZED"
+
+
+def test_flask_example_over_http(flask_example: Served) -> None:
+    reader, admin = flask_example.keys
+    base = f"{flask_example.base}/v1/clients"
+    assert get(f"{flask_example.base}/health") == (200, {"status": "ok"})
+    status, body = get(f"{base}/2", {"Authorization": f"Bearer {reader}"})
+    assert (status, body["data"]["name"]) == (200, "Sunrise Homes")
+    status, body = get(f"{base}/2", {"Authorization": f"Bearer {reader}"}, method="DELETE")
+    assert (status, body["error"]["code"]) == (403, "FORBIDDEN")
+    assert get(f"{base}/2", {"Authorization": f"Bearer {admin}"}, method="DELETE")[0] == 200
+    assert get(f"{base}/2", {"Authorization": f"Bearer {admin}"})[0] == 404

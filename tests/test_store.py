@@ -219,3 +219,11 @@ def test_unusable_url_is_a_clear_value_error(url: str, message: str) -> None:
 def test_sqlite_store_uses_wal(sqlite_store: SQLAlchemyKeyStore) -> None:
     with sqlite_store.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_in_memory_sqlite_store_works() -> None:
+    store = SQLAlchemyKeyStore("sqlite://", bcrypt_rounds=TEST_ROUNDS)
+    store.create_schema()
+    issued = store.create_key("n")
+    assert store.authenticate(_parsed(issued.key)).key_id == issued.id
+    store.close()

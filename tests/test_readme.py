@@ -1,0 +1,62 @@
+"""The README's Python snippets, run as written, so they cannot drift."""
+
+from __future__ import annotations
+
+import re
+import typing as t
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from werkzeug.test import Client
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+SNIPPET_RE = re.compile(r"```python\n(.*?)```", re.DOTALL)
+
+
+@pytest.fixture
+def readme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, t.Any]:
+    """Run every Python snippet of the README in order, in an empty folder."""
+    monkeypatch.chdir(tmp_path)
+    snippets = SNIPPET_RE.findall(README.read_text())
+    assert len(snippets) >= 3
+    namespace: dict[str, t.Any] = {"__name__": "readme"}
+    for snippet in snippets:
+        exec(compile(snippet, str(README), "exec"), namespace)  # noqa: S102
+    for name in ("store", "application", "issued", "create_app"):
+        assert name in namespace, f"the README no longer defines {name}"
+    return namespace
+
+
+def test_legacy_snippet_guards_the_app(readme: dict[str, t.Any]) -> None:
+    client = Client(readme["application"])
+    key = readme["issued"].key
+    assert client.get("/v1/clients", headers={"Authorization": f"Bearer {key}"}).get_data() == (
+        b"hello billing"
+    )
+    assert client.get("/v1/clients").status_code == 401
+    assert client.post("/v1/clients", headers={"Authorization": f"Bearer {key}"}).status_code == 403
+    assert client.get("/health").get_data() == b"hello world"
+
+
+def test_flask_snippet_guards_the_view(readme: dict[str, t.Any]) -> None:
+    app = readme["create_app"]()
+    assert isinstance(app, Flask)
+    client = app.test_client()
+    issued = readme["issued"]
+    response = client.get("/v1/clients", headers={"Authorization": f"Bearer {issued.key}"})
+    assert response.json == {"success": True, "data": [], "key_id": issued.id}
+    assert client.get("/v1/clients").status_code == 401
+    assert client.get("/health", headers={"Authorization": "Bearer nonsense"}).status_code == 200
+    readme["store"].revoke(issued.id)
+    assert (
+        client.get("/v1/clients", headers={"Authorization": f"Bearer {issued.key}"}).status_code
+        == 401
+    )
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    text = README.read_text()
+    first_block = text[text.index("```sh") : text.index("```", text.index("```sh") + 5)]
+    assert "make run" in first_block
+    assert "make test" in first_block
