@@ -18,8 +18,6 @@ from collections.abc import Iterable
 
 from werkzeug.wrappers import Response
 
-from .keys import is_key_id
-
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
@@ -103,6 +101,21 @@ class InvalidKeyError(ApiKeyError):
         return [*super().get_headers(), ("WWW-Authenticate", self._challenge)]
 
 
+class RejectedKeyError(InvalidKeyError):
+    """An :class:`InvalidKeyError` for a key id the store knows.
+
+    The answer is the same as for any invalid key; the id is kept only so
+    that the attempt can be written to that key's usage log.
+    """
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__()
+        self.key_id = key_id
+
+    def __repr__(self) -> str:
+        return f"RejectedKeyError(key_id={self.key_id!r})"
+
+
 class ForbiddenError(ApiKeyError):
     """A valid key that lacks a needed scope or is of a refused type.
 
@@ -166,8 +179,10 @@ class KeyNotFoundError(LookupError):
     """
 
     def __init__(self, key_id: str) -> None:
-        # Something that is not an id (a whole key pasted by mistake, say)
-        # is not repeated.
-        shown = repr(key_id) if is_key_id(key_id) else "(not a key id)"
-        super().__init__(f"no API key with id {shown}")
+        # A whole key pasted by mistake for its id is never repeated.
+        if key_id.startswith(("sk_test_", "sk_live_")):
+            message = "no API key with that id (give the key id, not the key itself)"
+        else:
+            message = f"no API key with id {key_id[:40]!r}"
+        super().__init__(message)
         self.key_id = key_id

@@ -20,6 +20,7 @@ from flask import Flask, current_app, has_request_context, request
 from werkzeug.local import LocalProxy
 from werkzeug.wrappers import Response
 
+from .cli import flask_group
 from .errors import ApiKeyError, ForbiddenError, MissingKeyError
 from .hashing import DEFAULT_ROUNDS
 from .keys import KEY_TYPES
@@ -75,6 +76,11 @@ class ApiKeys:
     ``APIKEY_HIDE_CREDENTIALS``
         ``False``: remove the ``Authorization`` header of an authenticated
         request before the view runs
+    ``APIKEY_LOG_USAGE``
+        ``True``: log every request that presents a known key id
+
+    It also adds ``flask apikeys ...``, the ``apikey`` commands on the app's
+    store.
 
     .. code-block:: python
 
@@ -108,6 +114,7 @@ class ApiKeys:
         config.setdefault("APIKEY_TIMEOUT", 5.0)
         config.setdefault("APIKEY_KEY_TYPES", KEY_TYPES)
         config.setdefault("APIKEY_HIDE_CREDENTIALS", False)
+        config.setdefault("APIKEY_LOG_USAGE", True)
 
         store = self._store if self._store is not None else self._make_store(app)
         key_types = config["APIKEY_KEY_TYPES"]
@@ -125,9 +132,11 @@ class ApiKeys:
             key_types=key_types,
             environ_key=PRINCIPAL_ENVIRON_KEY,
             hide_credentials=_setting(app, "APIKEY_HIDE_CREDENTIALS", bool),
+            log_usage=_setting(app, "APIKEY_LOG_USAGE", bool),
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = _State(store, middleware)
+        app.cli.add_command(flask_group())
 
     @staticmethod
     def _make_store(app: Flask) -> SQLAlchemyKeyStore:
@@ -165,6 +174,11 @@ class ApiKeys:
     def store(self) -> SQLAlchemyKeyStore:
         """The key store of the current app."""
         return _state().store
+
+    @property
+    def middleware(self) -> ApiKeyMiddleware:
+        """The current app's middleware (``flush()`` and ``close()`` its usage log)."""
+        return _state().middleware
 
 
 def _state() -> _State:

@@ -16,10 +16,12 @@ from .errors import (
     ForbiddenError,
     InvalidKeyError,
     MissingKeyError,
+    RejectedKeyError,
     ServiceUnavailableError,
 )
 from .keys import KEY_TYPES, parse_key
 from .principal import Principal, normalize_scopes
+from .usage import UsageWriter
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -53,6 +55,13 @@ def bearer_token(header: str) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return token.lstrip(" ") or None
+
+
+def _status_code(status: str) -> int:
+    try:
+        return int(status.split(" ", 1)[0])
+    except ValueError:
+        return 0
 
 
 def _methods(methods: str | Sequence[str]) -> list[str] | None:
@@ -105,6 +114,12 @@ class ApiKeyMiddleware:
     :param environ_key: where the :class:`Principal` goes in the environ.
     :param hide_credentials: remove ``Authorization`` before the app runs.
     :param preflight: let CORS preflight requests through without a key.
+    :param log_usage: log every request that presents a known key id
+        (refused ones too) to the store's usage log, in batches off the
+        request thread. Call :meth:`close` at shutdown (it also runs at
+        interpreter exit).
+    :param usage_writer: a :class:`~apikey_middleware.usage.UsageWriter`
+        with other buffer settings.
 
     .. code-block:: python
 
@@ -115,7 +130,8 @@ class ApiKeyMiddleware:
             public=["/health"],
         )
 
-    Override :meth:`authenticate` to change how a request is judged.
+    Override :meth:`authenticate` or :meth:`authorize` to change how a
+    request is judged.
     """
 
     def __init__(
@@ -130,6 +146,8 @@ class ApiKeyMiddleware:
         environ_key: str = "apikey.principal",
         hide_credentials: bool = False,
         preflight: bool = True,
+        log_usage: bool = True,
+        usage_writer: UsageWriter | None = None,
     ) -> None:
         self.app = app
         self.store = store
@@ -157,6 +175,8 @@ class ApiKeyMiddleware:
             for methods, path, scopes in self.rules
         ]
         self._cached_scopes_for = functools.lru_cache(maxsize=4096)(self._scopes_for)
+        #: Where requests with a known key id are logged (``None``: nowhere).
+        self.usage = (usage_writer or UsageWriter(store)) if log_usage else None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.app!r}, {self.store!r})"
@@ -175,10 +195,10 @@ class ApiKeyMiddleware:
             return self._scopes_for(method, path)
         return self._cached_scopes_for(method, path)
 
-    def authenticate(self, environ: WSGIEnvironment, scopes: Sequence[str] = ()) -> Principal:
-        """Return the principal of the request's key if it holds ``scopes``.
+    def authenticate(self, environ: WSGIEnvironment) -> Principal:
+        """Return the principal of the request's key.
 
-        :raises ApiKeyError: the reason the request cannot go on.
+        :raises ApiKeyError: no key, or not a valid one, or the store failed.
         """
         token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
         if token is None:
@@ -186,16 +206,22 @@ class ApiKeyMiddleware:
         key = parse_key(token)
         if key is None:
             raise InvalidKeyError
-        principal = self.store.authenticate(key)
+        return self.store.authenticate(key)
+
+    def authorize(self, principal: Principal, scopes: Sequence[str]) -> None:
+        """Check that ``principal`` may make a request that needs ``scopes``.
+
+        :raises ForbiddenError: a refused key type or a missing scope.
+        """
         if principal.key_type not in self.key_types or (
             scopes and not principal.has_scopes(*scopes)
         ):
             raise ForbiddenError(scopes)
-        return principal
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET").upper()
-        scopes = self.scopes_for(method, get_path_info(environ))
+        path = get_path_info(environ)
+        scopes = self.scopes_for(method, path)
         if scopes is _PUBLIC or (
             self.preflight
             and method == "OPTIONS"
@@ -203,32 +229,79 @@ class ApiKeyMiddleware:
             and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
         ):
             return self.app(environ, start_response)
+        key_id = None
         try:
-            environ[self.environ_key] = self.authenticate(environ, scopes)
+            principal = self.authenticate(environ)
+            key_id = principal.key_id
+            self.authorize(principal, scopes)
+        except RejectedKeyError as error:
+            return self._refuse(error, error.key_id, environ, start_response)
         except ApiKeyError as error:
-            return self._refuse(error, environ, start_response)
+            return self._refuse(error, key_id, environ, start_response)
         except Exception:
             # A bug or an unforeseen fault: fail closed, but say so loudly.
             logger.exception("API key check failed unexpectedly, refusing the request")
             fault = ServiceUnavailableError(self.store.retry_after)
-            return self._refuse(fault, environ, start_response)
-        if self.hide_credentials:
-            environ.pop("HTTP_AUTHORIZATION", None)
-        return self.app(environ, start_response)
+            return self._refuse(fault, None, environ, start_response)
+        environ[self.environ_key] = principal
+        return self._call_app(key_id, environ, start_response)
 
     def _refuse(
-        self, error: ApiKeyError, environ: WSGIEnvironment, start_response: StartResponse
+        self,
+        error: ApiKeyError,
+        key_id: str | None,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
     ) -> Iterable[bytes]:
         if self.required:
+            if key_id is not None:
+                self._record(key_id, environ, error.status)
             return error(environ, start_response)
         environ[ERROR_ENVIRON_KEY] = error
+        return self._call_app(key_id, environ, start_response)
+
+    def _record(self, key_id: str, environ: WSGIEnvironment, status: int) -> None:
+        if self.usage is None:
+            return
+        self.usage.record(
+            key_id,
+            environ.get("REQUEST_METHOD", "GET"),
+            get_path_info(environ),
+            status,
+            environ.get("REMOTE_ADDR"),
+        )
+
+    def _call_app(
+        self, key_id: str | None, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
         if self.hide_credentials:
             environ.pop("HTTP_AUTHORIZATION", None)
-        return self.app(environ, start_response)
+        if key_id is None or self.usage is None:
+            return self.app(environ, start_response)
+        logged = False
+
+        def logging_start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
+        ) -> t.Any:
+            nonlocal logged
+            if not logged:
+                logged = True
+                self._record(key_id, environ, _status_code(status))
+            return start_response(status, headers, exc_info)
+
+        try:
+            return self.app(environ, logging_start_response)
+        except BaseException:
+            if not logged:
+                self._record(key_id, environ, 500)
+            raise
 
     def flush(self) -> None:
-        """Write buffered usage rows now (nothing is buffered yet)."""
+        """Write buffered usage rows now."""
+        if self.usage is not None:
+            self.usage.flush()
 
     def close(self) -> None:
-        """Flush and stop background work; safe to call twice."""
-        self.flush()
+        """Flush and stop the usage writer; safe to call twice."""
+        if self.usage is not None:
+            self.usage.close()

@@ -11,10 +11,10 @@ import hashlib
 import logging
 import secrets
 import typing as t
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
@@ -23,7 +23,12 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from ._lru import LRUCache
-from .errors import InvalidKeyError, KeyNotFoundError, ServiceUnavailableError
+from .errors import (
+    InvalidKeyError,
+    KeyNotFoundError,
+    RejectedKeyError,
+    ServiceUnavailableError,
+)
 from .hashing import DEFAULT_ROUNDS, KeyHasher
 from .keys import ID_LENGTH, KEY_TYPES, KeyType, ParsedKey, display_prefix, generate_key, is_key_id
 from .principal import Principal, normalize_scopes
@@ -110,6 +115,26 @@ class ApiKey(Base):
     )
 
 
+MAX_PATH_LENGTH = 1000
+
+
+class UsageRow(Base):
+    """One request that presented a known key id."""
+
+    __tablename__ = "apikey_usage"
+    __table_args__ = (sa.Index("ix_apikey_usage_key_id_occurred_at", "key_id", "occurred_at"),)
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    key_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    method: Mapped[str] = mapped_column(sa.String(16))
+    path: Mapped[str] = mapped_column(sa.String(MAX_PATH_LENGTH))
+    status: Mapped[int] = mapped_column(sa.SmallInteger())
+    remote_addr: Mapped[str | None] = mapped_column(sa.String(64))
+
+
 _keys = t.cast(sa.Table, ApiKey.__table__)
 # The one query on the request path: a primary-key read of what
 # authentication needs, built once so SQLAlchemy compiles it once.
@@ -122,6 +147,19 @@ _AUTH_QUERY = sa.select(
     _keys.c.expires_at,
     _keys.c.revoked_at,
 ).where(_keys.c.id == sa.bindparam("key_id"))
+
+
+_TOUCH_QUERY = (
+    sa.update(_keys)
+    .where(
+        _keys.c.id == sa.bindparam("touch_id"),
+        sa.or_(
+            _keys.c.last_used_at.is_(None),
+            _keys.c.last_used_at < sa.bindparam("touch_at", type_=UTCDateTime()),
+        ),
+    )
+    .values(last_used_at=sa.bindparam("touch_at", type_=UTCDateTime()))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +221,18 @@ class IssuedKey:
     def id(self) -> str:
         """The public key id."""
         return self.record.id
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One logged request of a key."""
+
+    key_id: str
+    occurred_at: datetime
+    method: str
+    path: str
+    status: int
+    remote_addr: str | None
 
 
 def _check_name(what: str, value: object, *, optional: bool = False) -> str | None:
@@ -350,7 +400,9 @@ class SQLAlchemyKeyStore:
     def authenticate(self, key: ParsedKey) -> Principal:
         """Return the principal of ``key``, reading its row now.
 
-        :raises InvalidKeyError: unknown, wrong secret, revoked or expired.
+        :raises InvalidKeyError: unknown id; :class:`RejectedKeyError` (a
+            subclass, alike on the wire) for a known id with the wrong
+            secret, revoked or expired.
         :raises ServiceUnavailableError: the database did not answer.
         """
         row = self._auth_row(key.key_id)
@@ -358,15 +410,15 @@ class SQLAlchemyKeyStore:
             raise InvalidKeyError
         key_type, key_hash, name, scopes, owner, expires_at, revoked_at = row
         if key_type != key.key_type or revoked_at is not None:
-            raise InvalidKeyError
+            raise RejectedKeyError(key.key_id)
         if expires_at is not None and expires_at <= utcnow():
-            raise InvalidKeyError
+            raise RejectedKeyError(key.key_id)
         memo = hashlib.blake2b(f"{key.key}\0{key_hash}".encode(), key=self._memo_secret).digest()
         known = self._verified.get(memo)
         if known is not None and known[0] == row:
             return known[1]
         if not self.hasher.verify(key.key, key_hash):
-            raise InvalidKeyError
+            raise RejectedKeyError(key.key_id)
         principal = Principal(key.key_id, name, key.key_type, frozenset(scopes.split()), owner)
         self._verified.set(memo, (row, principal))
         return principal
@@ -405,22 +457,27 @@ class SQLAlchemyKeyStore:
         owner: str | None,
         expires_at: datetime | None,
         replaces: str | None = None,
+        retire: Callable[[Session, datetime], None] | None = None,
     ) -> IssuedKey:
         for attempt in range(1, _CREATE_ATTEMPTS + 1):
             parsed = generate_key(key_type)
+            key_hash = self.hasher.hash(parsed.key)
+            now = utcnow()
             model = ApiKey(
                 id=parsed.key_id,
                 name=name,
                 key_type=key_type,
-                key_hash=self.hasher.hash(parsed.key),
+                key_hash=key_hash,
                 scopes=" ".join(scope_list),
                 owner=owner,
-                created_at=utcnow(),
+                created_at=now,
                 expires_at=expires_at,
                 replaces=replaces,
             )
             try:
                 with self._session() as session, session.begin():
+                    if retire is not None:
+                        retire(session, now)
                     session.add(model)
             except exc.IntegrityError:
                 # Two ids drawn alike (about 2**-72): draw again.
@@ -474,3 +531,110 @@ class SQLAlchemyKeyStore:
             if model is None:
                 raise KeyNotFoundError(key_id)
             return KeyRecord._from_model(model)
+
+    def rotate(self, key_id: str, *, grace: timedelta = timedelta(0)) -> IssuedKey:
+        """Replace ``key_id`` with a new key of the same name, type, scopes
+        and owner; the old key keeps working for ``grace``, then is refused.
+
+        With ``grace=0`` the old key is revoked at once; otherwise it expires
+        at ``now + grace`` (or sooner, if it was to expire before). A key
+        that had a lifetime passes it on: the new key expires that long
+        after its creation. The new record's ``replaces`` names the old one.
+
+        :raises KeyNotFoundError: no key has this id.
+        :raises ValueError: the key is revoked, or ``grace`` is negative.
+        """
+        if not isinstance(grace, timedelta) or grace < timedelta(0):
+            raise ValueError("grace must be a timedelta of zero or more")
+        old = self.get_key(key_id) if isinstance(key_id, str) else None
+        if old is None:
+            raise KeyNotFoundError(str(key_id))
+        if old.revoked_at is not None:
+            raise ValueError(f"key {key_id!r} is revoked and cannot be rotated")
+        now = utcnow()
+        lifetime = None if old.expires_at is None else old.expires_at - old.created_at
+
+        def retire(session: Session, now: datetime) -> None:
+            if grace:
+                end = now + grace
+                if old.expires_at is not None and old.expires_at < end:
+                    end = old.expires_at
+                change: dict[str, datetime] = {"expires_at": end}
+            else:
+                change = {"revoked_at": now}
+            result = session.execute(
+                sa.update(ApiKey)
+                .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                .values(**change)
+            )
+            if t.cast(sa.CursorResult[t.Any], result).rowcount != 1:
+                raise ValueError(f"key {key_id!r} is revoked and cannot be rotated")
+
+        return self._issue(
+            old.name,
+            old.key_type,
+            old.scopes,
+            old.owner,
+            None if lifetime is None else now + lifetime,
+            replaces=old.id,
+            retire=retire,
+        )
+
+    # -- usage -----------------------------------------------------------
+
+    def record_usage(self, records: Sequence[UsageRecord]) -> None:
+        """Write logged requests in one transaction and move each key's
+        ``last_used_at`` forward to its latest request."""
+        if not records:
+            return
+        latest: dict[str, datetime] = {}
+        for record in records:
+            if record.key_id not in latest or latest[record.key_id] < record.occurred_at:
+                latest[record.key_id] = record.occurred_at
+        with self.engine.begin() as connection:
+            connection.execute(
+                sa.insert(UsageRow),
+                [
+                    {
+                        "key_id": record.key_id,
+                        "occurred_at": record.occurred_at,
+                        "method": record.method[:16],
+                        "path": record.path[:MAX_PATH_LENGTH],
+                        "status": record.status,
+                        "remote_addr": record.remote_addr and record.remote_addr[:64],
+                    }
+                    for record in records
+                ],
+            )
+            # Sorted, so that writers in several processes lock rows in one
+            # order and cannot deadlock one another.
+            connection.execute(
+                _TOUCH_QUERY,
+                [{"touch_id": key, "touch_at": latest[key]} for key in sorted(latest)],
+            )
+
+    def usage(
+        self, key_id: str, *, since: datetime | None = None, limit: int | None = None
+    ) -> list[UsageRecord]:
+        """The logged requests of ``key_id``, newest first.
+
+        :param since: only requests at or after this aware datetime.
+        :param limit: at most this many.
+        """
+        since = _check_aware("since", since)
+        query = (
+            sa.select(UsageRow)
+            .where(UsageRow.key_id == key_id)
+            .order_by(UsageRow.occurred_at.desc(), UsageRow.id.desc())
+        )
+        if since is not None:
+            query = query.where(UsageRow.occurred_at >= since)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._session() as session:
+            return [
+                UsageRecord(
+                    row.key_id, row.occurred_at, row.method, row.path, row.status, row.remote_addr
+                )
+                for row in session.scalars(query)
+            ]

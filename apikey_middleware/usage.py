@@ -1,0 +1,166 @@
+"""The usage log writer: requests are logged off the request thread, in batches.
+
+A request only appends a tuple to a bounded buffer. A background thread
+writes the buffer to the store every ``interval`` seconds, or sooner once
+``batch_size`` rows are waiting. What cannot be buffered (the database is
+away for long and the buffer is full) is dropped, counted and reported
+through :mod:`logging`; a failed write is retried on the next flush. Nothing
+here can fail a request.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import typing as t
+import weakref
+from collections import deque
+from datetime import datetime
+
+from .store import UsageRecord, utcnow
+
+if t.TYPE_CHECKING:
+    from .store import SQLAlchemyKeyStore
+
+logger = logging.getLogger("apikey_middleware")
+
+_Pending = tuple[str, datetime, str, str, int, str | None]
+
+
+def _call_if_alive(reference: weakref.ref[UsageWriter], method: str) -> None:
+    writer = reference()
+    if writer is not None:
+        getattr(writer, method)()
+
+
+class UsageWriter:
+    """Buffers usage rows and writes them to ``store`` in batches.
+
+    :param store: where the rows go.
+    :param max_pending: the most rows held in memory; more are dropped and
+        counted.
+    :param batch_size: rows that wake the writer before ``interval`` is up,
+        and the most written in one transaction.
+    :param interval: seconds between writes while rows are waiting.
+    """
+
+    def __init__(
+        self,
+        store: SQLAlchemyKeyStore,
+        *,
+        max_pending: int = 100_000,
+        batch_size: int = 1000,
+        interval: float = 1.0,
+    ) -> None:
+        for name, value in (("max_pending", max_pending), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if not isinstance(interval, int | float) or interval <= 0:
+            raise ValueError(f"interval must be a positive number of seconds, not {interval!r}")
+        self.store = store
+        self.max_pending = max_pending
+        self.batch_size = batch_size
+        self.interval = float(interval)
+        #: Rows dropped because the buffer was full, since the start.
+        self.dropped = 0
+        #: Rows written, since the start.
+        self.written = 0
+        self._pending: deque[_Pending] = deque()
+        self._wake = threading.Event()
+        self._write_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._reported_drops = 0
+        # At exit: flush. In a forked child (a pre-forking server): start
+        # afresh, since the parent's thread and locks do not come along.
+        # Neither hook keeps the writer alive.
+        reference = weakref.ref(self)
+        atexit.register(_call_if_alive, reference, "close")
+        os.register_at_fork(after_in_child=lambda: _call_if_alive(reference, "_after_fork"))
+
+    def __repr__(self) -> str:
+        return f"UsageWriter(pending={len(self._pending)}, dropped={self.dropped})"
+
+    def record(
+        self, key_id: str, method: str, path: str, status: int, remote_addr: str | None
+    ) -> None:
+        """Log one request; called on the request path, so cheap."""
+        if self._closed or len(self._pending) >= self.max_pending:
+            with self._state_lock:
+                self.dropped += 1
+            return
+        self._pending.append((key_id, utcnow(), method, path, status, remote_addr))
+        if self._thread is None:
+            self._start()
+        elif len(self._pending) >= self.batch_size:
+            self._wake.set()
+
+    def _start(self) -> None:
+        with self._state_lock:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(
+                    target=self._run, name="apikey-usage-writer", daemon=True
+                )
+                self._thread.start()
+
+    def _after_fork(self) -> None:
+        self._write_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # the writer must outlive any surprise
+                logger.exception("usage log writer failed; it keeps running")
+
+    def flush(self) -> None:
+        """Write every buffered row now. Never raises."""
+        with self._write_lock:
+            while self._pending:
+                batch: list[_Pending] = []
+                while self._pending and len(batch) < self.batch_size:
+                    batch.append(self._pending.popleft())
+                if not self._write(batch):
+                    break
+            if self.dropped != self._reported_drops:
+                logger.warning(
+                    "usage log buffer full: %d rows dropped so far",
+                    self.dropped,
+                )
+                self._reported_drops = self.dropped
+
+    def _write(self, batch: list[_Pending]) -> bool:
+        try:
+            self.store.record_usage([UsageRecord(*row) for row in batch])
+        except Exception as error:
+            # Back to the front of the line, as far as room allows; the
+            # rest is dropped and counted.
+            room = max(0, self.max_pending - len(self._pending))
+            self._pending.extendleft(reversed(batch[:room]))
+            with self._state_lock:
+                self.dropped += len(batch) - min(room, len(batch))
+            logger.error(
+                "could not write %d usage rows, will retry: %s",
+                len(batch),
+                type(error).__name__,
+            )
+            return False
+        self.written += len(batch)
+        return True
+
+    def close(self) -> None:
+        """Flush and stop the writer thread; safe to call twice."""
+        self._closed = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=max(5.0, self.interval * 2))
+        self.flush()
