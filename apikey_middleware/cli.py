@@ -377,7 +377,7 @@ for _command in COMMANDS:
 def flask_group() -> click.Group:
     """The same commands as a Flask ``AppGroup`` on the app's store."""
     from flask import current_app
-    from flask.cli import AppGroup
+    from flask.cli import AppGroup, with_appcontext
 
     def app_store() -> SQLAlchemyKeyStore:
         state = current_app.extensions.get("apikeys")
@@ -385,7 +385,10 @@ def flask_group() -> click.Group:
             raise click.ClickException("ApiKeys is not set up on this app")
         return t.cast(SQLAlchemyKeyStore, state.store)
 
+    # The commands are shared with ``apikey``, so the app context that
+    # AppGroup.command would give each is pushed once, here, for them all.
     @click.pass_context
+    @with_appcontext
     def callback(ctx: click.Context) -> None:
         ctx.meta[_STORE_FACTORY] = app_store
 

@@ -1,0 +1,222 @@
+"""Usage logging: what is logged, that it is batched, bounded, and never fails a request."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import typing as t
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from werkzeug.test import Client
+
+from apikey_middleware import ApiKeyMiddleware, IssuedKey, SQLAlchemyKeyStore
+from apikey_middleware.flask import ApiKeys, require_scopes
+from apikey_middleware.keys import generate_key
+from apikey_middleware.store import UsageRecord
+from apikey_middleware.usage import UsageWriter
+
+from .conftest import TEST_ROUNDS
+from .test_middleware import RecordingApp, bearer
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+
+@pytest.fixture
+def key(sqlite_store: SQLAlchemyKeyStore) -> IssuedKey:
+    return sqlite_store.create_key("n", scopes=["clients:read"])
+
+
+@pytest.fixture
+def middleware(sqlite_store: SQLAlchemyKeyStore) -> Iterator[ApiKeyMiddleware]:
+    guarded = ApiKeyMiddleware(
+        RecordingApp(), sqlite_store, rules=[("POST", "/v1/clients", "clients:write")]
+    )
+    yield guarded
+    guarded.close()
+
+
+def logged(store: SQLAlchemyKeyStore, key_id: str) -> list[tuple[str, str, int, str | None]]:
+    return [(r.method, r.path, r.status, r.remote_addr) for r in reversed(store.usage(key_id))]
+
+
+def test_every_request_with_a_known_key_id_is_logged(
+    middleware: ApiKeyMiddleware, sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    client = Client(middleware)
+    wrong_secret = generate_key("test", key.id).key
+    remote = {"REMOTE_ADDR": "127.0.0.1"}
+    client.get("/v1/clients?secret=no", headers=bearer(key.key), environ_base=remote)
+    client.post("/v1/clients", headers=bearer(key.key), environ_base=remote)
+    client.get("/v1/clients", headers=bearer(wrong_secret), environ_base=remote)
+    sqlite_store.revoke(key.id)
+    client.get("/after", headers=bearer(key.key), environ_base=remote)
+    middleware.flush()
+    assert logged(sqlite_store, key.id) == [
+        ("GET", "/v1/clients", 200, "127.0.0.1"),
+        ("POST", "/v1/clients", 403, "127.0.0.1"),
+        ("GET", "/v1/clients", 401, "127.0.0.1"),
+        ("GET", "/after", 401, "127.0.0.1"),
+    ]
+    record = sqlite_store.get_key(key.id)
+    assert record is not None
+    assert record.last_used_at is not None
+
+
+def test_unknown_ids_and_malformed_keys_are_not_logged(
+    middleware: ApiKeyMiddleware, sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    client = Client(middleware)
+    stranger = generate_key("test")
+    client.get("/", headers=bearer(stranger.key))
+    client.get("/", headers=bearer(key.key[:-1]))
+    client.get("/")
+    middleware.flush()
+    with sqlite_store.engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM apikey_usage")).scalar() == 0
+
+
+def test_logging_can_be_turned_off(sqlite_store: SQLAlchemyKeyStore, key: IssuedKey) -> None:
+    guarded = ApiKeyMiddleware(RecordingApp(), sqlite_store, log_usage=False)
+    Client(guarded).get("/", headers=bearer(key.key))
+    guarded.flush()
+    guarded.close()
+    assert guarded.usage is None
+    assert sqlite_store.usage(key.id) == []
+
+
+def test_app_status_is_logged_even_when_the_app_fails(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    def teapot(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ["PATH_INFO"] == "/boom":
+            raise RuntimeError("app bug")
+        start_response("418 I'm a teapot", [])
+        return [b""]
+
+    guarded = ApiKeyMiddleware(teapot, sqlite_store)
+    client = Client(guarded)
+    client.get("/tea", headers=bearer(key.key))
+    with pytest.raises(RuntimeError):
+        client.get("/boom", headers=bearer(key.key))
+    guarded.close()
+    assert [row[1:3] for row in logged(sqlite_store, key.id)] == [("/tea", 418), ("/boom", 500)]
+
+
+def test_flask_views_log_their_own_status(tmp_path: Path) -> None:
+    app = Flask(__name__)
+    app.config.update(
+        APIKEY_DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}", APIKEY_BCRYPT_ROUNDS=TEST_ROUNDS
+    )
+    apikeys = ApiKeys(app)
+
+    @app.get("/read")
+    @require_scopes("clients:read")
+    def read() -> str:
+        return "ok"
+
+    @app.get("/write")
+    @require_scopes("clients:write")
+    def write() -> str:
+        return "ok"
+
+    with app.app_context():
+        store = apikeys.store
+        store.create_schema()
+        issued = store.create_key("n", scopes=["clients:read"])
+        client = app.test_client()
+        client.get("/read", headers=bearer(issued.key))
+        client.get("/write", headers=bearer(issued.key))
+        client.get("/nowhere", headers=bearer(issued.key))
+        apikeys.middleware.close()
+        assert [row[1:3] for row in logged(store, issued.id)] == [
+            ("/read", 200),
+            ("/write", 403),
+            ("/nowhere", 404),
+        ]
+        store.close()
+
+
+def test_writer_batches_in_the_background(sqlite_store: SQLAlchemyKeyStore, key: IssuedKey) -> None:
+    writer = UsageWriter(sqlite_store, batch_size=10, interval=60)
+    for _ in range(25):
+        writer.record(key.id, "GET", "/", 200, None)
+    deadline = threading.Event()
+    for _ in range(50):
+        if writer.written >= 20:
+            break
+        deadline.wait(0.1)
+    assert writer.written >= 20  # two full batches, long before the interval
+    writer.close()
+    assert writer.written == 25
+    assert len(sqlite_store.usage(key.id)) == 25
+
+
+def test_close_is_safe_twice_and_later_rows_are_counted_as_dropped(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    writer = UsageWriter(sqlite_store)
+    writer.record(key.id, "GET", "/", 200, None)
+    writer.close()
+    writer.close()
+    writer.record(key.id, "GET", "/late", 200, None)
+    writer.flush()
+    assert writer.dropped == 1
+    assert len(sqlite_store.usage(key.id)) == 1
+
+
+def test_buffer_is_bounded_and_drops_are_counted_and_reported(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = UsageWriter(sqlite_store, max_pending=5, interval=60, batch_size=100)
+    writer._start = lambda: None  # type: ignore[method-assign]  # keep the thread out of it
+    for _ in range(8):
+        writer.record(key.id, "GET", "/", 200, None)
+    assert writer.dropped == 3
+    with caplog.at_level(logging.WARNING, logger="apikey_middleware"):
+        writer.flush()
+    assert "3 rows dropped" in caplog.text
+    assert len(sqlite_store.usage(key.id)) == 5
+
+
+class FlakyStore(SQLAlchemyKeyStore):
+    """A real store whose usage writes fail while ``down`` is set."""
+
+    down = True
+
+    def record_usage(self, records: Sequence[UsageRecord]) -> None:
+        if self.down:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("database is down"))
+        super().record_usage(records)
+
+
+def test_failed_writes_are_retried_and_never_raise(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FlakyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS)
+    store.create_schema()
+    issued = store.create_key("n")
+    guarded = ApiKeyMiddleware(RecordingApp(), store)
+    client = Client(guarded)
+    with caplog.at_level(logging.ERROR, logger="apikey_middleware"):
+        for _ in range(3):
+            assert client.get("/", headers=bearer(issued.key)).status_code == 200
+        guarded.flush()
+    assert "could not write 3 usage rows" in caplog.text
+    assert issued.key not in caplog.text
+    store.down = False
+    guarded.close()
+    assert len(store.usage(issued.id)) == 3
+    assert guarded.usage is not None
+    assert guarded.usage.dropped == 0
+    store.close()
+
+
+def test_bad_writer_settings_are_refused(sqlite_store: SQLAlchemyKeyStore) -> None:
+    for options in ({"max_pending": 0}, {"batch_size": -1}, {"interval": 0}):
+        with pytest.raises(ValueError, match="must be"):
+            UsageWriter(sqlite_store, **options)
