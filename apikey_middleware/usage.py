@@ -17,7 +17,6 @@ import threading
 import typing as t
 import weakref
 from collections import deque
-from datetime import datetime
 
 from .store import UsageRecord, utcnow
 
@@ -25,8 +24,6 @@ if t.TYPE_CHECKING:
     from .store import SQLAlchemyKeyStore
 
 logger = logging.getLogger("apikey_middleware")
-
-_Pending = tuple[str, datetime, str, str, int, str | None]
 
 
 def _call_if_alive(reference: weakref.ref[UsageWriter], method: str) -> None:
@@ -67,7 +64,7 @@ class UsageWriter:
         self.dropped = 0
         #: Rows written, since the start.
         self.written = 0
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[UsageRecord] = deque()
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -92,7 +89,7 @@ class UsageWriter:
             with self._state_lock:
                 self.dropped += 1
             return
-        self._pending.append((key_id, utcnow(), method, path, status, remote_addr))
+        self._pending.append(UsageRecord(key_id, utcnow(), method, path, status, remote_addr))
         if self._thread is None:
             self._start()
         elif len(self._pending) >= self.batch_size:
@@ -125,7 +122,7 @@ class UsageWriter:
         """Write every buffered row now. Never raises."""
         with self._write_lock:
             while self._pending:
-                batch: list[_Pending] = []
+                batch: list[UsageRecord] = []
                 while self._pending and len(batch) < self.batch_size:
                     batch.append(self._pending.popleft())
                 if not self._write(batch):
@@ -137,9 +134,9 @@ class UsageWriter:
                 )
                 self._reported_drops = self.dropped
 
-    def _write(self, batch: list[_Pending]) -> bool:
+    def _write(self, batch: list[UsageRecord]) -> bool:
         try:
-            self.store.record_usage([UsageRecord(*row) for row in batch])
+            self.store.record_usage(batch)
         except Exception as error:
             # Back to the front of the line, as far as room allows; the
             # rest is dropped and counted.

@@ -8,12 +8,16 @@ the variants are interleaved, so a busy moment on the machine hits them all.
 - floor: the same view plus one hand-written SQLAlchemy Core ``SELECT`` of
   the key's row by primary key on the same pooled engine: the least that
   immediate revocation (reading the row on every request) can cost;
-- wrapped: the bare view behind ``ApiKeyMiddleware`` with a valid key;
+- wrapped: the bare view behind ``ApiKeyMiddleware`` with a valid key,
+  usage logging off, then on (the default). With logging on, the request
+  only buffers a row; the writer's time to store the round's rows is
+  measured apart and reported both ways;
 - bcrypt: the same, with the verified-key memory off, so bcrypt (cost 12)
   runs on every request: the design this package avoids.
 
 Run ``make bench`` (or ``python benchmarks/bench_middleware.py``). Set
 ``APIKEY_BENCH_POSTGRES_URL`` to measure floor and wrapped on PostgreSQL too.
+Last, the usage log writer's throughput is measured alone, in rows per second.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from apikey_middleware import ApiKeyMiddleware, SQLAlchemyKeyStore
 from apikey_middleware.store import ApiKey
+from apikey_middleware.usage import UsageWriter
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
@@ -60,6 +65,9 @@ class Variant:
     requests: int
     expect: str = "200 OK"
     samples: list[float] = field(default_factory=list)
+    #: Run after each round's requests, timed apart (writing their usage rows).
+    finish: Callable[[], None] | None = None
+    finish_samples: list[float] = field(default_factory=list)
 
     def check(self) -> None:
         _, status, _ = run_wsgi_app(self.app, dict(self.environ), buffered=True)
@@ -72,6 +80,10 @@ class Variant:
         for _ in range(self.requests):
             _call(app, environ)
         self.samples.append((time.perf_counter() - started) / self.requests)
+        if self.finish is not None:
+            started = time.perf_counter()
+            self.finish()
+            self.finish_samples.append((time.perf_counter() - started) / self.requests)
 
     @property
     def median(self) -> float:
@@ -112,6 +124,11 @@ def variants_for(label: str, url: str, requests: int, rounds_bcrypt: int) -> lis
         path="/hello", headers=[("Authorization", f"Bearer {issued.key}")]
     ).get_environ()
     bare = hello_app()
+    # The writer's thread is kept out of the timed requests (it would write
+    # only after a second or 1000 rows anyway); each round's rows are
+    # written right after it and that time is reported on its own.
+    writer = UsageWriter(store, batch_size=requests + 1, max_pending=requests + 1, interval=3600)
+    logging_on = ApiKeyMiddleware(bare.wsgi_app, store, usage_writer=writer)
     return [
         Variant(f"bare Flask ({label})", bare.wsgi_app, environ, requests),
         Variant(
@@ -122,13 +139,20 @@ def variants_for(label: str, url: str, requests: int, rounds_bcrypt: int) -> lis
         ),
         Variant(
             f"wrapped, valid key ({label})",
-            ApiKeyMiddleware(bare.wsgi_app, store),
+            ApiKeyMiddleware(bare.wsgi_app, store, log_usage=False),
             environ,
             requests,
         ),
         Variant(
+            f"wrapped + usage log ({label})",
+            logging_on,
+            environ,
+            requests,
+            finish=logging_on.flush,
+        ),
+        Variant(
             f"bcrypt every request ({label})",
-            ApiKeyMiddleware(bare.wsgi_app, uncached),
+            ApiKeyMiddleware(bare.wsgi_app, uncached, log_usage=False),
             environ,
             rounds_bcrypt,
         ),
@@ -152,6 +176,38 @@ def report(variants: Iterable[Variant]) -> None:
         print(f"  {label}: wrapped / bare   = {wrapped / bare:6.3f}")
         print(f"  {label}: floor / bare     = {floor / bare:6.3f}")
         print(f"  {label}: bcrypt / wrapped = {bcrypt / wrapped:6.0f}x  (target >= 200x)")
+        logged = by_name[f"wrapped + usage log ({label})"]
+        write = statistics.median(logged.finish_samples)
+        print(
+            f"  {label}: usage log on / off = {logged.median / wrapped:6.3f}"
+            "   (request path; target <= 1.05)"
+        )
+        print(
+            f"  {label}: usage log on / off = {(logged.median + write) / wrapped:6.3f}"
+            f"   (with the writer's {write * 1e6:.1f} µs per row, done off the request path)"
+        )
+
+
+def writer_throughput(label: str, url: str, rows: int = 20_000) -> None:
+    """Rows per second through the usage writer: buffered, then flushed in batches."""
+    store = SQLAlchemyKeyStore(url, bcrypt_rounds=4)
+    store.create_schema()
+    key_id = store.create_key("writer").id
+    writer = UsageWriter(store, max_pending=rows, batch_size=1000, interval=3600)
+    writer._start = lambda: None  # type: ignore[method-assign]  # flushed here, not by a thread
+    rates = []
+    for _ in range(3):
+        for _ in range(rows):
+            writer.record(key_id, "GET", "/hello", 200, "127.0.0.1")
+        started = time.perf_counter()
+        writer.flush()
+        rates.append(rows / (time.perf_counter() - started))
+    print(
+        f"  usage writer ({label}): {statistics.median(rates):,.0f} rows/s (median of 3 x {rows:,})"
+    )
+    writer.close()
+    store.metadata.drop_all(store.engine)
+    store.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -178,6 +234,10 @@ def main(argv: list[str] | None = None) -> None:
             for run in runners:
                 run()
         report(variants)
+        print("\nusage log writer")
+        writer_throughput("SQLite", f"sqlite:///{Path(folder) / 'writer.db'}")
+        if postgres:
+            writer_throughput("PostgreSQL", postgres)
 
 
 if __name__ == "__main__":
