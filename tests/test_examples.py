@@ -180,3 +180,67 @@ def test_flask_example_over_http(flask_example: Served) -> None:
     assert (status, body["error"]["code"]) == (403, "FORBIDDEN")
     assert get(f"{base}/2", {"Authorization": f"Bearer {admin}"}, method="DELETE")[0] == 200
     assert get(f"{base}/2", {"Authorization": f"Bearer {admin}"})[0] == 404
+
+
+def apikey(tmp_path: Path, *args: str) -> str:
+    """Run the installed ``apikey`` command as the README does."""
+    env = {**os.environ, "APIKEY_DATABASE_URL": f"sqlite:///{tmp_path / 'example.db'}"}
+    result = subprocess.run(  # noqa: S603
+        [str(Path(sys.executable).parent / "apikey"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout
+
+
+def new_key(output: str) -> str:
+    keys = re.findall(r"^\s+(sk_(?:test|live)_[A-Za-z0-9_]+)$", output, re.MULTILINE)
+    assert len(keys) == 1
+    return str(keys[0])
+
+
+def test_seed_lifecycle_with_the_readme_commands(flask_example: Served, tmp_path: Path) -> None:
+    url = f"{flask_example.base}/v1/clients"
+
+    def status(key: str) -> int:
+        return get(url, {"Authorization": f"Bearer {key}"})[0]
+
+    apikey(tmp_path, "init-db")
+    test_key = new_key(
+        apikey(tmp_path, "create", "--name", "billing test", "--type", "test",
+               "--scope", "clients:read")
+    )  # fmt: skip
+    live_key = new_key(
+        apikey(tmp_path, "create", "--name", "billing live", "--type", "live",
+               "--scope", "clients:read", "--scope", "clients:write", "--expires-in", "30d")
+    )  # fmt: skip
+    listed = apikey(tmp_path, "list")
+    assert "billing test" in listed
+    assert "expiring" in listed
+    assert status(test_key) == 200
+    assert status(live_key) == 200
+
+    live_id = live_key[8:22]
+    rotated = new_key(apikey(tmp_path, "rotate", live_id, "--grace", "2s"))
+    assert status(live_key) == 200
+    assert status(rotated) == 200
+    time.sleep(2.2)
+    assert status(live_key) == 401
+    assert status(rotated) == 200
+
+    apikey(tmp_path, "revoke", test_key[8:22], "--yes")
+    assert status(test_key) == 401
+
+    rows: list[dict[str, t.Any]] = []
+    for _ in range(50):  # the server writes usage rows within a second
+        rows = json.loads(apikey(tmp_path, "usage", live_id, "--json"))
+        if len(rows) == 3:
+            break
+        time.sleep(0.2)
+    assert [row["status"] for row in rows] == [401, 200, 200]
+    chart = apikey(tmp_path, "usage", live_id)
+    assert "Requests per day" in chart
+    assert "2xx 2" in chart
