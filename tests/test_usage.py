@@ -220,3 +220,30 @@ def test_bad_writer_settings_are_refused(sqlite_store: SQLAlchemyKeyStore) -> No
     for options in ({"max_pending": 0}, {"batch_size": -1}, {"interval": 0}):
         with pytest.raises(ValueError, match="must be"):
             UsageWriter(sqlite_store, **options)
+
+
+def test_buffered_rows_are_written_at_interpreter_exit(sqlite_url: str) -> None:
+    import subprocess
+    import sys
+
+    store = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS)
+    store.create_schema()
+    issued = store.create_key("n")
+    program = f"""
+from werkzeug.test import Client
+from apikey_middleware import ApiKeyMiddleware, SQLAlchemyKeyStore
+from apikey_middleware.usage import UsageWriter
+
+def app(environ, start_response):
+    start_response("200 OK", [])
+    return [b""]
+
+store = SQLAlchemyKeyStore({sqlite_url!r}, bcrypt_rounds=4)
+writer = UsageWriter(store, interval=3600)
+client = Client(ApiKeyMiddleware(app, store, usage_writer=writer))
+for _ in range(3):
+    client.get("/exit", headers={{"Authorization": "Bearer {issued.key}"}})
+"""
+    subprocess.run([sys.executable, "-c", program], check=True, timeout=60)  # noqa: S603
+    assert [row.path for row in store.usage(issued.id)] == ["/exit"] * 3
+    store.close()
