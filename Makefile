@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run run-legacy test lint bench clean
+.PHONY: run run-legacy test quick lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed")'
@@ -28,6 +28,10 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS) || { status=$$?; \
 	  [ $$status -ne 5 ] || echo "pytest ran no tests" >&2; exit $$status; }
+
+# The suite without the real-server tests (marked slow).
+quick: lint
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_middleware.py

@@ -83,6 +83,13 @@ def make_app(store: SQLAlchemyKeyStore) -> ApiKeyMiddleware:
     )
 
 
+def create_app() -> ApiKeyMiddleware:
+    """For a WSGI server: ``gunicorn 'examples.legacy_app:create_app()'``."""
+    url = os.environ.get("APIKEY_DATABASE_URL", DEFAULT_DATABASE_URL)
+    ensure_sqlite_folder(url)
+    return make_app(SQLAlchemyKeyStore(url))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve the legacy WSGI example.")
     parser.add_argument("--host", default="127.0.0.1")
