@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run run-legacy test quick lint bench clean
+.PHONY: run run-legacy test quick fuzz lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed")'
@@ -32,6 +32,10 @@ test: lint
 # The suite without the real-server tests (marked slow).
 quick: lint
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+# The property tests at 100000 examples each; prints how many ran.
+fuzz: $(STAMP)
+	APIKEY_FUZZ_EXAMPLES=$${APIKEY_FUZZ_EXAMPLES:-100000} $(BIN)/pytest -m fuzz -s -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_middleware.py
