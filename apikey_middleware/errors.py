@@ -180,7 +180,7 @@ class KeyNotFoundError(LookupError):
 
     def __init__(self, key_id: str) -> None:
         # A whole key pasted by mistake for its id is never repeated.
-        if key_id.startswith(("sk_test_", "sk_live_")):
+        if "sk_test_" in key_id or "sk_live_" in key_id:
             message = "no API key with that id (give the key id, not the key itself)"
         else:
             message = f"no API key with id {key_id[:40]!r}"

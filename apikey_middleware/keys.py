@@ -116,6 +116,13 @@ def is_key_id(value: str) -> bool:
     return _KEY_ID_RE.fullmatch(value) is not None
 
 
+def shown_safely(value: str, limit: int = 60) -> str:
+    """``repr()`` of a bad value for an error message, unless it may hold a key."""
+    if any(prefix in value for prefix in PREFIXES.values()):
+        return "(a value holding an API key, not shown)"
+    return repr(value[:limit])
+
+
 def display_prefix(key_type: str, key_id: str) -> str:
     """The short form listings show, such as ``sk_live_ab12…``."""
     return f"{PREFIXES[key_type]}{key_id[:4]}…"

@@ -7,6 +7,8 @@ import typing as t
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .keys import shown_safely
+
 # ``clients:read``, ``clients:*``, ``*``: parts of name characters joined by
 # colons, the last of which may be a wildcard. No spaces or quotes, so a set
 # of scopes can be written space-separated (RFC 6749 §3.3) and quoted in a
@@ -22,10 +24,11 @@ def validate_scope(scope: object) -> str:
     :raises ValueError: if it is empty, too long or has other characters.
     """
     if not isinstance(scope, str):
-        raise TypeError(f"a scope must be a string, not {type(scope).__name__}: {scope!r}")
+        raise TypeError(f"a scope must be a string, not {type(scope).__name__}")
     if len(scope) > MAX_SCOPE_LENGTH or _SCOPE_RE.fullmatch(scope) is None:
         raise ValueError(
-            f"invalid scope {scope!r}: use names like 'clients:read', 'clients:*' or '*'"
+            f"invalid scope {shown_safely(scope)}: use names like 'clients:read',"
+            " 'clients:*' or '*'"
         )
     return scope
 
