@@ -21,15 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from .servers import apikey as run_apikey
+from .servers import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY_RE = re.compile(r"^\s+(sk_test_[A-Za-z0-9_]+)$", re.MULTILINE)
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -183,17 +180,8 @@ def test_flask_example_over_http(flask_example: Served) -> None:
 
 
 def apikey(tmp_path: Path, *args: str) -> str:
-    """Run the installed ``apikey`` command as the README does."""
-    env = {**os.environ, "APIKEY_DATABASE_URL": f"sqlite:///{tmp_path / 'example.db'}"}
-    result = subprocess.run(  # noqa: S603
-        [str(Path(sys.executable).parent / "apikey"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return result.stdout
+    """Run the installed ``apikey`` command on the example's database."""
+    return run_apikey(f"sqlite:///{tmp_path / 'example.db'}", *args)
 
 
 def new_key(output: str) -> str:

@@ -60,6 +60,15 @@ def assert_serves(server: Gunicorn, key: str) -> None:
     assert body["success"] is True
 
 
+def seed_key(url: str) -> str:
+    """Create the schema and one ``clients:read`` key; return the key."""
+    store = SQLAlchemyKeyStore(url, bcrypt_rounds=TEST_ROUNDS)
+    store.create_schema()
+    key = store.create_key("n", scopes=["clients:read"]).key
+    store.close()
+    return key
+
+
 @pytest.fixture
 def proxied_postgres() -> Iterator[tuple[TcpProxy, str]]:
     url = sa.make_url(server_url("postgresql"))
@@ -76,10 +85,7 @@ def test_postgres_outages_fail_closed_and_recover_without_restart(
     proxied_postgres: tuple[TcpProxy, str],
 ) -> None:
     proxy, url = proxied_postgres
-    store = SQLAlchemyKeyStore(url, bcrypt_rounds=TEST_ROUNDS)
-    store.create_schema()
-    key = store.create_key("n", scopes=["clients:read"]).key
-    store.close()
+    key = seed_key(url)
     with gunicorn(APP, {"APIKEY_DATABASE_URL": url}, workers=1) as server:
         assert_serves(server, key)
 
@@ -103,10 +109,7 @@ def test_terminated_backends_do_not_fail_requests(
 ) -> None:
     _, url = proxied_postgres
     direct = server_url("postgresql")
-    store = SQLAlchemyKeyStore(url, bcrypt_rounds=TEST_ROUNDS)
-    store.create_schema()
-    key = store.create_key("n", scopes=["clients:read"]).key
-    store.close()
+    key = seed_key(url)
     with gunicorn(APP, {"APIKEY_DATABASE_URL": url}, workers=2) as server:
         for _ in range(6):
             assert_serves(server, key)
@@ -128,10 +131,7 @@ def test_terminated_backends_do_not_fail_requests(
 def test_sqlite_write_lock_of_another_process_does_not_stop_reads(tmp_path: Path) -> None:
     path = tmp_path / "locked.db"
     url = f"sqlite:///{path}"
-    store = SQLAlchemyKeyStore(url, bcrypt_rounds=TEST_ROUNDS)
-    store.create_schema()
-    key = store.create_key("n", scopes=["clients:read"]).key
-    store.close()
+    key = seed_key(url)
     with gunicorn(APP, {"APIKEY_DATABASE_URL": url}, workers=1) as server:
         assert_serves(server, key)
         ordinary = sqlite3.connect(path, isolation_level=None)
