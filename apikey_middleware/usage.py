@@ -79,7 +79,12 @@ class UsageWriter:
         os.register_at_fork(after_in_child=lambda: _call_if_alive(reference, "_after_fork"))
 
     def __repr__(self) -> str:
-        return f"UsageWriter(pending={len(self._pending)}, dropped={self.dropped})"
+        return f"UsageWriter(pending={self.pending}, dropped={self.dropped})"
+
+    @property
+    def pending(self) -> int:
+        """Rows buffered and not yet written."""
+        return len(self._pending)
 
     def record(
         self, key_id: str, method: str, path: str, status: int, remote_addr: str | None

@@ -9,18 +9,26 @@ time, and service must come back without a restart.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
 import time
+import typing as t
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from werkzeug.test import Client
 
-from apikey_middleware import SQLAlchemyKeyStore
+from apikey_middleware import ApiKeyMiddleware, SQLAlchemyKeyStore
+from apikey_middleware.keys import parse_key
 from apikey_middleware.store import metadata
+from apikey_middleware.usage import UsageWriter
+from examples import legacy_app
 
 from .conftest import TEST_ROUNDS, server_url
+from .pool_app import POOL_TIMEOUT
 from .servers import Gunicorn, TcpProxy, gunicorn, request
 
 pytestmark = pytest.mark.slow
@@ -30,15 +38,17 @@ UNAVAILABLE = "SERVICE_UNAVAILABLE"
 BOUND = 15.0  # seconds: the store's 5 s timeouts, with room for a retry
 
 
-def timed(server: Gunicorn, key: str) -> tuple[int, dict[str, str], object, float]:
+def timed(
+    server: Gunicorn, key: str, path: str = "/v1/clients"
+) -> tuple[int, dict[str, str], object, float]:
     started = time.monotonic()
     status, headers, body = request(
-        f"{server.base}/v1/clients", {"Authorization": f"Bearer {key}"}, timeout=60
+        f"{server.base}{path}", {"Authorization": f"Bearer {key}"}, timeout=60
     )
     return status, headers, body, time.monotonic() - started
 
 
-def assert_fails_closed(server: Gunicorn, key: str) -> None:
+def assert_fails_closed(server: Gunicorn, key: str, bound: float = BOUND) -> None:
     status, headers, body, took = timed(server, key)
     assert status == 503, body
     assert body == {
@@ -49,7 +59,7 @@ def assert_fails_closed(server: Gunicorn, key: str) -> None:
         },
     }
     assert headers["Retry-After"] == "5"
-    assert took < BOUND
+    assert took < bound
     assert key not in str(body)
 
 
@@ -141,3 +151,136 @@ def test_sqlite_write_lock_of_another_process_does_not_stop_reads(tmp_path: Path
         ordinary.close()
 
         assert_serves(server, key)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_exhausted_pool_answers_503_at_its_timeout_then_recovers(
+    backend: str, tmp_path: Path
+) -> None:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'pool.db'}"
+    else:
+        url = server_url("postgresql")
+        metadata.drop_all(sa.create_engine(url, poolclass=sa.NullPool))
+    key = seed_key(url)
+    with gunicorn(
+        "tests.pool_app:create_app()",
+        {"APIKEY_DATABASE_URL": url},
+        workers=1,
+        extra=("--worker-class", "gthread", "--threads", "4"),
+    ) as server:
+        assert_serves(server, key)
+        holder = threading.Thread(
+            target=request, args=(f"{server.base}/hold?seconds=4",), kwargs={"timeout": 30}
+        )
+        holder.start()
+        try:
+            time.sleep(1.0)  # the holder's request takes the connection
+            # The pool's only connection is taken: no wait past the pool
+            # timeout, and the app is never reached.
+            assert_fails_closed(server, key, bound=POOL_TIMEOUT + 2.0)
+            assert_fails_closed(server, key, bound=POOL_TIMEOUT + 2.0)
+        finally:
+            holder.join(timeout=30)
+        assert_serves(server, key)
+    # After the server stopped, so that its whole access log has been read.
+    assert [status for _, status, path in server.log if path == "/v1/clients"] == [
+        200,
+        503,
+        503,
+        200,
+    ]
+    if backend == "postgresql":
+        metadata.drop_all(sa.create_engine(url, poolclass=sa.NullPool))
+
+
+def wait_until(condition: t.Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def usage_rows(url: str, key_id: str) -> int:
+    store = SQLAlchemyKeyStore(url)
+    try:
+        return len(store.usage(key_id))
+    finally:
+        store.close()
+
+
+def serve_through_outage(
+    guarded: ApiKeyMiddleware, key: str, outage: t.Callable[[], object], end: t.Callable[[], object]
+) -> None:
+    """Three requests logged, five more during a write outage, then recovery."""
+    writer = guarded.usage
+    assert writer is not None
+    client = Client(guarded)
+    headers = {"Authorization": f"Bearer {key}"}
+    for _ in range(3):
+        assert client.get("/v1/clients", headers=headers).status_code == 200
+    wait_until(lambda: writer.written == 3)
+
+    outage()
+    for _ in range(5):
+        assert client.get("/v1/clients", headers=headers).status_code == 200
+    time.sleep(1.5)  # several failed write attempts by the writer thread
+    assert writer.written == 3
+    assert writer.pending == 5
+    thread = writer._thread
+    assert thread is not None
+    assert thread.is_alive()
+
+    end()
+    wait_until(lambda: writer.written == 8)
+    assert writer.dropped == 0
+    assert thread.is_alive()
+
+
+def test_usage_writes_outlive_a_postgres_outage_without_failing_requests(
+    proxied_postgres: tuple[TcpProxy, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy, proxied_url = proxied_postgres
+    key = seed_key(proxied_url)
+    # Requests read keys directly; only the usage writer goes through the
+    # proxy, so its outage is all that fails.
+    reader = SQLAlchemyKeyStore(server_url("postgresql"))
+    logs_to = SQLAlchemyKeyStore(proxied_url, timeout=1.0)
+    guarded = ApiKeyMiddleware(
+        legacy_app.clients_app, reader, usage_writer=UsageWriter(logs_to, interval=0.2)
+    )
+    with caplog.at_level(logging.ERROR, logger="apikey_middleware"):
+        serve_through_outage(guarded, key, proxy.refuse, proxy.forward)
+    assert "could not write 5 usage rows, will retry: OperationalError" in caplog.text
+    assert key not in caplog.text
+    guarded.close()
+    key_id = parse_key(key).key_id  # type: ignore[union-attr]
+    assert usage_rows(proxied_url, key_id) == 8
+    reader.close()
+    logs_to.close()
+
+
+def test_usage_writes_outlive_another_sqlite_writer_without_failing_requests(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "locked.db"
+    url = f"sqlite:///{path}"
+    key = seed_key(url)
+    store = SQLAlchemyKeyStore(url, timeout=0.3)
+    guarded = ApiKeyMiddleware(
+        legacy_app.clients_app, store, usage_writer=UsageWriter(store, interval=0.2)
+    )
+    other = sqlite3.connect(path, isolation_level=None)
+    with caplog.at_level(logging.ERROR, logger="apikey_middleware"):
+        serve_through_outage(
+            guarded,
+            key,
+            lambda: other.execute("BEGIN IMMEDIATE"),
+            lambda: other.execute("ROLLBACK"),
+        )
+    other.close()
+    assert "could not write 5 usage rows, will retry: OperationalError" in caplog.text
+    guarded.close()
+    key_id = parse_key(key).key_id  # type: ignore[union-attr]
+    assert usage_rows(url, key_id) == 8
+    store.close()
