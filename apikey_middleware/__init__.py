@@ -12,10 +12,12 @@ from .principal import Principal as Principal
 from .store import IssuedKey as IssuedKey
 from .store import KeyRecord as KeyRecord
 from .store import SQLAlchemyKeyStore as SQLAlchemyKeyStore
+from .throttle import FailureThrottle as FailureThrottle
 
 __all__ = [
     "ApiKeyError",
     "ApiKeyMiddleware",
+    "FailureThrottle",
     "ForbiddenError",
     "InvalidKeyError",
     "IssuedKey",

@@ -27,6 +27,7 @@ from .keys import KEY_TYPES
 from .middleware import ERROR_ENVIRON_KEY, ApiKeyMiddleware
 from .principal import Principal, normalize_scopes
 from .store import DEFAULT_CACHE_SIZE, SQLAlchemyKeyStore
+from .throttle import FailureThrottle
 
 EXTENSION_KEY = "apikeys"
 PRINCIPAL_ENVIRON_KEY = "apikey.principal"
@@ -34,7 +35,12 @@ PRINCIPAL_ENVIRON_KEY = "apikey.principal"
 F = t.TypeVar("F", bound=Callable[..., t.Any])
 
 # How the store's ValueErrors begin -> the setting to blame.
-_STORE_ERRORS = (("bcrypt rounds", "APIKEY_BCRYPT_ROUNDS"), ("cache size", "APIKEY_CACHE_SIZE"))
+_STORE_ERRORS = (
+    ("bcrypt rounds", "APIKEY_BCRYPT_ROUNDS"),
+    ("cache size", "APIKEY_CACHE_SIZE"),
+    ("revocation", "APIKEY_REVOCATION"),
+    ("poll_interval", "APIKEY_POLL_INTERVAL"),
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,16 @@ class ApiKeys:
         request before the view runs
     ``APIKEY_LOG_USAGE``
         ``True``: log every request that presents a known key id
+    ``APIKEY_REVOCATION``
+        ``"immediate"``: read the key's row on every request; ``"channel"``
+        keeps rows in memory and learns of changes (see the store)
+    ``APIKEY_POLL_INTERVAL``
+        ``1.0``: seconds a cached row lasts in channel mode on MySQL/MariaDB
+    ``APIKEY_THROTTLE_LIMIT``
+        ``0`` (off): invalid keys one client address may send per window
+        before it gets 429
+    ``APIKEY_THROTTLE_WINDOW``
+        ``60``: the throttle's window in seconds
 
     It also adds ``flask apikeys ...``, the ``apikey`` commands on the app's
     store.
@@ -115,6 +131,10 @@ class ApiKeys:
         config.setdefault("APIKEY_KEY_TYPES", KEY_TYPES)
         config.setdefault("APIKEY_HIDE_CREDENTIALS", False)
         config.setdefault("APIKEY_LOG_USAGE", True)
+        config.setdefault("APIKEY_REVOCATION", "immediate")
+        config.setdefault("APIKEY_POLL_INTERVAL", 1.0)
+        config.setdefault("APIKEY_THROTTLE_LIMIT", 0)
+        config.setdefault("APIKEY_THROTTLE_WINDOW", 60)
 
         store = self._store if self._store is not None else self._make_store(app)
         key_types = config["APIKEY_KEY_TYPES"]
@@ -125,6 +145,12 @@ class ApiKeys:
             raise ValueError(
                 f"APIKEY_KEY_TYPES must hold only {' and '.join(KEY_TYPES)}, not {key_types!r}"
             )
+        limit = _setting(app, "APIKEY_THROTTLE_LIMIT", int)
+        window = _setting(app, "APIKEY_THROTTLE_WINDOW", (int, float))
+        try:
+            throttle = FailureThrottle(limit, window) if limit else None
+        except ValueError as error:
+            raise ValueError(f"APIKEY_THROTTLE_LIMIT/APIKEY_THROTTLE_WINDOW: {error}") from None
         middleware = ApiKeyMiddleware(
             app.wsgi_app,
             store,
@@ -133,6 +159,7 @@ class ApiKeys:
             environ_key=PRINCIPAL_ENVIRON_KEY,
             hide_credentials=_setting(app, "APIKEY_HIDE_CREDENTIALS", bool),
             log_usage=_setting(app, "APIKEY_LOG_USAGE", bool),
+            throttle=throttle,
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = _State(store, middleware)
@@ -154,6 +181,8 @@ class ApiKeys:
         rounds = _setting(app, "APIKEY_BCRYPT_ROUNDS", int)
         cache_size = _setting(app, "APIKEY_CACHE_SIZE", int)
         timeout = _setting(app, "APIKEY_TIMEOUT", (int, float))
+        revocation = _setting(app, "APIKEY_REVOCATION", str)
+        poll_interval = _setting(app, "APIKEY_POLL_INTERVAL", (int, float))
         try:
             return SQLAlchemyKeyStore(
                 url,
@@ -161,6 +190,8 @@ class ApiKeys:
                 pepper=pepper,
                 cache_size=cache_size,
                 timeout=float(timeout),
+                revocation=revocation,
+                poll_interval=poll_interval,
             )
         except ValueError as error:
             message = str(error)

@@ -18,9 +18,11 @@ from .errors import (
     MissingKeyError,
     RejectedKeyError,
     ServiceUnavailableError,
+    TooManyRequestsError,
 )
 from .keys import KEY_TYPES, parse_key
 from .principal import Principal, normalize_scopes
+from .throttle import FailureThrottle
 from .usage import UsageWriter
 
 if t.TYPE_CHECKING:
@@ -120,6 +122,10 @@ class ApiKeyMiddleware:
         interpreter exit).
     :param usage_writer: a :class:`~apikey_middleware.usage.UsageWriter`
         with other buffer settings.
+    :param throttle: a :class:`~apikey_middleware.throttle.FailureThrottle`:
+        a client address with too many invalid keys in its window gets 429
+        with ``Retry-After``, before any hashing or database work. Off by
+        default, since behind a proxy every client has the proxy's address.
 
     .. code-block:: python
 
@@ -148,6 +154,7 @@ class ApiKeyMiddleware:
         preflight: bool = True,
         log_usage: bool = True,
         usage_writer: UsageWriter | None = None,
+        throttle: FailureThrottle | None = None,
     ) -> None:
         self.app = app
         self.store = store
@@ -177,6 +184,7 @@ class ApiKeyMiddleware:
         self._cached_scopes_for = functools.lru_cache(maxsize=4096)(self._scopes_for)
         #: Where requests with a known key id are logged (``None``: nowhere).
         self.usage = (usage_writer or UsageWriter(store)) if log_usage else None
+        self.throttle = throttle
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.app!r}, {self.store!r})"
@@ -229,14 +237,23 @@ class ApiKeyMiddleware:
             and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
         ):
             return self.app(environ, start_response)
+        throttle = self.throttle
+        if throttle is not None:
+            address = environ.get("REMOTE_ADDR") or ""
+            wait = throttle.retry_after(address)
+            if wait is not None:
+                return self._refuse(TooManyRequestsError(wait), None, environ, start_response)
         key_id = None
         try:
             principal = self.authenticate(environ)
             key_id = principal.key_id
             self.authorize(principal, scopes)
-        except RejectedKeyError as error:
-            return self._refuse(error, error.key_id, environ, start_response)
         except ApiKeyError as error:
+            if isinstance(error, InvalidKeyError):
+                if throttle is not None:
+                    throttle.failed(address)
+                if isinstance(error, RejectedKeyError):
+                    key_id = error.key_id
             return self._refuse(error, key_id, environ, start_response)
         except Exception:
             # A bug or an unforeseen fault: fail closed, but say so loudly.

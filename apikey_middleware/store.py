@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import secrets
+import threading
 import typing as t
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +26,7 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from ._lru import LRUCache
+from .changes import NOTIFY_CHANNEL, ChangeChannel, channel_for
 from .errors import (
     InvalidKeyError,
     KeyNotFoundError,
@@ -37,8 +40,11 @@ from .principal import Principal, normalize_scopes
 logger = logging.getLogger("apikey_middleware")
 
 MAX_NAME_LENGTH = 200
-#: How many verified keys a store remembers when not told otherwise.
+#: How many verified keys (and failed ones, and rows) a store remembers
+#: when not told otherwise.
 DEFAULT_CACHE_SIZE = 10_000
+REVOCATION_MODES = ("immediate", "channel")
+Revocation = t.Literal["immediate", "channel"]
 _CREATE_ATTEMPTS = 3
 
 State = t.Literal["active", "expiring", "expired", "revoked"]
@@ -328,8 +334,21 @@ class SQLAlchemyKeyStore:
         stored; defaults to ``APIKEY_PEPPER``. Keys hashed with one pepper
         only verify with the same pepper.
     :param cache_size: how many verified keys each process remembers, so
-        bcrypt runs once per key rather than once per request. The key's row
-        is still read on every request, so a revoke is seen at once.
+        bcrypt runs once per key rather than once per request; as many
+        recently failed keys, so a repeated wrong key costs no bcrypt
+        either; and, in channel mode, as many key rows.
+    :param revocation: ``"immediate"`` (the default) reads the key's row on
+        every request, so a revoke holds for the very next request in every
+        process. ``"channel"`` keeps rows in memory and rereads them only
+        when :mod:`~apikey_middleware.changes` says the database changed:
+        at once on SQLite, when the notification arrives on PostgreSQL
+        (milliseconds), within ``poll_interval`` on MySQL and MariaDB.
+    :param poll_interval: seconds a cached row may be used where the
+        database offers no change notice (MySQL, MariaDB).
+    :param bcrypt_concurrency: how many bcrypt checks may run at once in
+        this process (default: half the CPUs, at least one), so that a flood
+        of wrong secrets cannot take every core; a check that waits longer
+        than ``timeout`` is answered 503.
     :param timeout: seconds to wait for a connection or a lock before giving
         up (used only when the store makes the engine).
     :param retry_after: the ``Retry-After`` seconds of the 503 answered
@@ -358,7 +377,30 @@ class SQLAlchemyKeyStore:
         cache_size: int = DEFAULT_CACHE_SIZE,
         timeout: float = 5.0,
         retry_after: int = 5,
+        revocation: Revocation = "immediate",
+        poll_interval: float = 1.0,
+        bcrypt_concurrency: int | None = None,
     ) -> None:
+        if revocation not in REVOCATION_MODES:
+            raise ValueError(
+                f"revocation must be one of {', '.join(REVOCATION_MODES)}, not {revocation!r}"
+            )
+        if (
+            isinstance(poll_interval, bool)
+            or not isinstance(poll_interval, int | float)
+            or poll_interval <= 0
+        ):
+            raise ValueError(f"poll_interval must be a positive number, not {poll_interval!r}")
+        if bcrypt_concurrency is None:
+            bcrypt_concurrency = max(1, (os.cpu_count() or 2) // 2)
+        if (
+            isinstance(bcrypt_concurrency, bool)
+            or not isinstance(bcrypt_concurrency, int)
+            or bcrypt_concurrency < 1
+        ):
+            raise ValueError(
+                f"bcrypt_concurrency must be a positive integer, not {bcrypt_concurrency!r}"
+            )
         if isinstance(url_or_engine, Engine):
             self.engine = url_or_engine
             self._owns_engine = False
@@ -366,11 +408,24 @@ class SQLAlchemyKeyStore:
             self.engine = create_store_engine(url_or_engine, timeout=timeout)
             self._owns_engine = True
         self.hasher = KeyHasher(bcrypt_rounds, pepper)
+        self.timeout = timeout
         self.retry_after = retry_after
+        self.revocation = revocation
         # Verified keys: a keyed digest of (key, stored hash) -> the row it
         # was verified against and its principal. Never the key itself.
         self._verified: LRUCache[bytes, tuple[tuple[t.Any, ...], Principal]] = LRUCache(cache_size)
+        # Keys that failed bcrypt against a stored hash, by the same digest.
+        self._failed: LRUCache[bytes, bool] = LRUCache(cache_size)
         self._memo_secret = secrets.token_bytes(32)
+        self._bcrypt_slots = threading.BoundedSemaphore(bcrypt_concurrency)
+        #: Where channel mode hears of changes (``None`` in immediate mode).
+        self.channel: ChangeChannel | None = None
+        # Channel mode: key id -> (channel token, row or None for unknown).
+        self._rows: LRUCache[str, tuple[t.Hashable, tuple[t.Any, ...] | None]] = LRUCache(
+            cache_size
+        )
+        if revocation == "channel":
+            self.channel = channel_for(self.engine, poll_interval=poll_interval, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -380,7 +435,10 @@ class SQLAlchemyKeyStore:
         self.metadata.create_all(self.engine)
 
     def close(self) -> None:
-        """Close the pooled connections of an engine the store made."""
+        """Stop the change channel; close the pooled connections of an
+        engine the store made."""
+        if self.channel is not None:
+            self.channel.close()
         if self._owns_engine:
             self.engine.dispose()
 
@@ -410,6 +468,20 @@ class SQLAlchemyKeyStore:
                 raise ServiceUnavailableError(self.retry_after) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _row(self, key_id: str) -> tuple[t.Any, ...] | None:
+        channel = self.channel
+        token = None if channel is None else channel.token()
+        if token is None:
+            return self._auth_row(key_id)
+        cached = self._rows.get(key_id)
+        if cached is not None and cached[0] == token:
+            return cached[1]
+        row = self._auth_row(key_id)
+        # Kept only if nothing changed while it was read.
+        if t.cast(ChangeChannel, channel).token() == token:
+            self._rows.set(key_id, (token, row))
+        return row
+
     @staticmethod
     def _log_fault(error: exc.SQLAlchemyError) -> None:
         cause = error.orig if isinstance(error, exc.DBAPIError) else error
@@ -427,7 +499,7 @@ class SQLAlchemyKeyStore:
             secret, revoked or expired.
         :raises ServiceUnavailableError: the database did not answer.
         """
-        row = self._auth_row(key.key_id)
+        row = self._row(key.key_id)
         if row is None:
             raise InvalidKeyError
         key_type, key_hash, name, scopes, owner, expires_at, revoked_at = row
@@ -439,13 +511,30 @@ class SQLAlchemyKeyStore:
         known = self._verified.get(memo)
         if known is not None and known[0] == row:
             return known[1]
-        if not self.hasher.verify(key.key, key_hash):
+        if self._failed.get(memo) or not self._verify(key.key, key_hash):
+            self._failed.set(memo, True)
             raise RejectedKeyError(key.key_id)
         principal = Principal(key.key_id, name, key.key_type, frozenset(scopes.split()), owner)
         self._verified.set(memo, (row, principal))
         return principal
 
+    def _verify(self, key: str, key_hash: str) -> bool:
+        if not self._bcrypt_slots.acquire(timeout=self.timeout):
+            logger.warning("too many bcrypt checks waiting, refusing the request")
+            raise ServiceUnavailableError(self.retry_after)
+        try:
+            return self.hasher.verify(key, key_hash)
+        finally:
+            self._bcrypt_slots.release()
+
     # -- managing keys ---------------------------------------------------
+
+    @staticmethod
+    def _announce(session: Session, key_id: str) -> None:
+        # Processes in channel mode on PostgreSQL hear of the change when
+        # the transaction commits (and not at all if it rolls back).
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, key_id)))
 
     def create_key(
         self,
@@ -501,6 +590,7 @@ class SQLAlchemyKeyStore:
                     if retire is not None:
                         retire(session, now)
                     session.add(model)
+                    self._announce(session, parsed.key_id)
             except exc.IntegrityError:
                 # Two ids drawn alike (about 2**-72): draw again.
                 if attempt == _CREATE_ATTEMPTS:
@@ -552,6 +642,7 @@ class SQLAlchemyKeyStore:
             model = session.get(ApiKey, key_id)
             if model is None:
                 raise KeyNotFoundError(key_id)
+            self._announce(session, key_id)
             return KeyRecord._from_model(model)
 
     def rotate(self, key_id: str, *, grace: timedelta = timedelta(0)) -> IssuedKey:
@@ -591,6 +682,7 @@ class SQLAlchemyKeyStore:
             )
             if t.cast(sa.CursorResult[t.Any], result).rowcount != 1:
                 raise ValueError(f"key {key_id!r} is revoked and cannot be rotated")
+            self._announce(session, key_id)
 
         return self._issue(
             old.name,

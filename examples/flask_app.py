@@ -91,9 +91,11 @@ def delete_client(client_id: str) -> ResponseReturnValue:
 
 
 def create_app(config: Mapping[str, t.Any] | None = None) -> Flask:
-    """The app factory: config from ``APIKEY_DATABASE_URL``, then ``config``."""
+    """The app factory: config from ``APIKEY_DATABASE_URL`` and
+    ``APIKEY_REVOCATION``, then ``config``."""
     app = Flask(__name__)
     app.config["APIKEY_DATABASE_URL"] = os.environ.get("APIKEY_DATABASE_URL", DEFAULT_DATABASE_URL)
+    app.config["APIKEY_REVOCATION"] = os.environ.get("APIKEY_REVOCATION", "immediate")
     app.config.update(config or {})
     ensure_sqlite_folder(app.config["APIKEY_DATABASE_URL"])
     apikeys.init_app(app)

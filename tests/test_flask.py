@@ -241,6 +241,14 @@ def test_malformed_scope_fails_at_decoration() -> None:
             {"APIKEY_DATABASE_URL": "postgresql+nodriver://h/d"}, "APIKEY_DATABASE_URL", id="driver"
         ),
         pytest.param({"APIKEY_DATABASE_URL": 5}, "APIKEY_DATABASE_URL", id="url-type"),
+        pytest.param({"APIKEY_REVOCATION": "later"}, "APIKEY_REVOCATION", id="revocation"),
+        pytest.param(
+            {"APIKEY_REVOCATION": "channel", "APIKEY_POLL_INTERVAL": 0},
+            "APIKEY_POLL_INTERVAL",
+            id="poll-interval",
+        ),
+        pytest.param({"APIKEY_THROTTLE_LIMIT": -1}, "APIKEY_THROTTLE_LIMIT", id="throttle"),
+        pytest.param({"APIKEY_THROTTLE_WINDOW": "1m"}, "APIKEY_THROTTLE_WINDOW", id="window"),
     ],
 )
 def test_invalid_setting_fails_at_init_app_naming_it(

@@ -86,15 +86,21 @@ def sleep_until(moment: datetime) -> None:
     time.sleep(max(0.0, (moment - datetime.now(moment.tzinfo)).total_seconds()) + 0.05)
 
 
+@pytest.mark.parametrize("revocation", ["immediate", "channel"])
 def test_revoked_key_is_rejected_by_every_worker_once_the_command_returns(
-    database: str,
+    database: str, revocation: str
 ) -> None:
     apikey(database, "init-db")
     key, key_id = new_key(apikey(database, "create", "--name", "shared", "--scope", "clients:read"))
-    with gunicorn(APP, {"APIKEY_DATABASE_URL": database}, workers=WORKERS) as server:
+    env = {"APIKEY_DATABASE_URL": database, "APIKEY_REVOCATION": revocation}
+    with gunicorn(APP, env, workers=WORKERS) as server:
         until_every_worker(server, key, 200)
+        until_every_worker(server, key, 200)  # channel mode: served from memory now
         assert len(server.worker_pids()) == WORKERS
         apikey(database, "revoke", key_id, "--yes")
+        if revocation == "channel" and database.startswith("postgresql"):
+            # Heard when the notification arrives: milliseconds, not zero.
+            time.sleep(0.5)
         until_every_worker(server, key, 401)
         for _ in range(10):
             assert call(server, key) == 401

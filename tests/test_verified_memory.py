@@ -1,13 +1,17 @@
-"""bcrypt runs once per key per process; the row is still read every time."""
+"""bcrypt runs once per key per process, a wrong key costs it once, and
+checks at once are bounded; the row is still read every time."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import bcrypt
 import pytest
 import sqlalchemy as sa
 
-from apikey_middleware import InvalidKeyError, SQLAlchemyKeyStore
-from apikey_middleware.keys import ParsedKey, parse_key
+from apikey_middleware import InvalidKeyError, ServiceUnavailableError, SQLAlchemyKeyStore
+from apikey_middleware.keys import ParsedKey, generate_key, parse_key
 from apikey_middleware.store import ApiKey
 
 from .conftest import TEST_ROUNDS
@@ -47,17 +51,115 @@ def test_bcrypt_runs_once_per_verified_key(
     assert checkpw.calls == 1
 
 
-def test_failures_are_never_remembered_as_successes(
+def test_a_repeated_wrong_key_costs_one_bcrypt_and_is_never_remembered_as_right(
     sqlite_store: SQLAlchemyKeyStore, checkpw: CountingCheckpw
 ) -> None:
-    from apikey_middleware.keys import generate_key
-
     issued = sqlite_store.create_key("n")
     wrong = generate_key("test", issued.id)
-    for _ in range(2):
+    for _ in range(3):
         with pytest.raises(InvalidKeyError):
             sqlite_store.authenticate(wrong)
+    assert checkpw.calls == 1
+    assert sqlite_store.authenticate(parsed(issued.key)).key_id == issued.id
+    with pytest.raises(InvalidKeyError):
+        sqlite_store.authenticate(wrong)
     assert checkpw.calls == 2
+
+
+def test_failure_memory_is_tied_to_the_stored_hash(
+    sqlite_store: SQLAlchemyKeyStore, checkpw: CountingCheckpw
+) -> None:
+    issued = sqlite_store.create_key("n")
+    other = sqlite_store.create_key("other")
+    key = parsed(issued.key)
+    # The key's own hash replaced by another: the right key now fails...
+    with sqlite_store.engine.begin() as connection:
+        good_hash = connection.execute(
+            sa.select(ApiKey.key_hash).where(ApiKey.id == issued.id)
+        ).scalar_one()
+        other_hash = connection.execute(
+            sa.select(ApiKey.key_hash).where(ApiKey.id == other.id)
+        ).scalar_one()
+        connection.execute(
+            sa.update(ApiKey).where(ApiKey.id == issued.id).values(key_hash=other_hash)
+        )
+    with pytest.raises(InvalidKeyError):
+        sqlite_store.authenticate(key)
+    # ...and works again, checked afresh, once the hash is put back.
+    with sqlite_store.engine.begin() as connection:
+        connection.execute(
+            sa.update(ApiKey).where(ApiKey.id == issued.id).values(key_hash=good_hash)
+        )
+    assert sqlite_store.authenticate(key).key_id == issued.id
+    assert checkpw.calls == 2
+
+
+def test_failure_memory_is_bounded(sqlite_url: str, checkpw: CountingCheckpw) -> None:
+    store = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS, cache_size=3)
+    store.create_schema()
+    issued = store.create_key("n")
+    for _ in range(10):
+        with pytest.raises(InvalidKeyError):
+            store.authenticate(generate_key("test", issued.id))
+    assert checkpw.calls == 10
+    assert len(store._failed) == 3
+    store.close()
+
+
+def test_bcrypt_checks_at_once_are_bounded(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS, bcrypt_concurrency=2)
+    store.create_schema()
+    issued = store.create_key("n")
+    running = 0
+    most = 0
+    lock = threading.Lock()
+    checkpw = bcrypt.checkpw
+
+    def slow_checkpw(password: bytes, hashed: bytes) -> bool:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return bool(checkpw(password, hashed))
+
+    monkeypatch.setattr(bcrypt, "checkpw", slow_checkpw)
+
+    def guess() -> None:
+        with pytest.raises(InvalidKeyError):
+            store.authenticate(generate_key("test", issued.id))
+
+    threads = [threading.Thread(target=guess) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most == 2
+    store.close()
+
+
+def test_a_bcrypt_check_that_waits_too_long_is_a_503(sqlite_url: str) -> None:
+    store = SQLAlchemyKeyStore(
+        sqlite_url, bcrypt_rounds=TEST_ROUNDS, bcrypt_concurrency=1, timeout=0.1
+    )
+    store.create_schema()
+    issued = store.create_key("n")
+    store._bcrypt_slots.acquire()  # another check holds the only slot
+    with pytest.raises(ServiceUnavailableError):
+        store.authenticate(parsed(issued.key))
+    store._bcrypt_slots.release()
+    assert store.authenticate(parsed(issued.key)).key_id == issued.id
+    store.close()
+
+
+@pytest.mark.parametrize("concurrency", [0, -1, "2", True])
+def test_bad_bcrypt_concurrency_is_refused(sqlite_url: str, concurrency: object) -> None:
+    with pytest.raises(ValueError, match="bcrypt_concurrency"):
+        SQLAlchemyKeyStore(sqlite_url, bcrypt_concurrency=concurrency)  # type: ignore[arg-type]
 
 
 def test_memory_is_tied_to_the_stored_row(

@@ -1,0 +1,191 @@
+"""Change channels: how a process learns that key rows changed elsewhere.
+
+In ``revocation="channel"`` mode the store keeps the key rows it has read in
+memory and reads a row again only when its channel says the database may
+have changed since. Each channel answers :meth:`ChangeChannel.token`: a value
+that changes whenever a key row may have changed, or ``None`` when the
+channel cannot vouch for anything right now (the store then reads the row,
+as in immediate mode). A cached row is used only under the token it was
+read with.
+
+- SQLite: ``PRAGMA data_version`` on a connection of its own. The counter
+  moves when any other connection commits, and reading it takes
+  microseconds, so it is read on every request: a commit is seen by the
+  very next request.
+- PostgreSQL (psycopg 3): ``LISTEN`` on a connection of its own, in a
+  background thread. The store sends ``NOTIFY`` in the same transaction as
+  every create, revoke and rotate, so a change is heard when it commits.
+- Anything else (MySQL, MariaDB): time slices of ``poll_interval`` seconds;
+  a row is read at most once per slice, so a change is seen within one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+import typing as t
+
+if t.TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+logger = logging.getLogger("apikey_middleware")
+
+#: The PostgreSQL notification channel the store announces changes on.
+NOTIFY_CHANNEL = "apikey_changes"
+
+
+class ChangeChannel:
+    """Tells the store whether its cached key rows may still be used."""
+
+    def token(self) -> t.Hashable | None:
+        """A value that differs after any change; ``None``: do not cache."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the channel holds."""
+
+
+class PollingChannel(ChangeChannel):
+    """No notice of changes: cached rows last at most ``interval`` seconds."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = float(interval)
+
+    def __repr__(self) -> str:
+        return f"PollingChannel(interval={self.interval})"
+
+    def token(self) -> int:
+        return int(time.monotonic() // self.interval)
+
+
+class SQLiteDataVersion(ChangeChannel):
+    """``PRAGMA data_version`` of a connection that only ever reads it."""
+
+    def __init__(self, path: str, timeout: float = 5.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._connection: sqlite3.Connection | None = None
+        self._pid = 0
+        # Versions of two connections cannot be compared: a new connection
+        # starts a new epoch.
+        self._epoch = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SQLiteDataVersion({self.path!r})"
+
+    def token(self) -> tuple[int, int] | None:
+        with self._lock:
+            try:
+                if self._connection is None or self._pid != os.getpid():
+                    self._connection = sqlite3.connect(
+                        self.path,
+                        timeout=self.timeout,
+                        isolation_level=None,
+                        check_same_thread=False,
+                    )
+                    self._pid = os.getpid()
+                    self._epoch += 1
+                version = self._connection.execute("PRAGMA data_version").fetchone()[0]
+            except sqlite3.Error:
+                self._connection = None
+                return None
+            return self._epoch, int(version)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None and self._pid == os.getpid():
+                self._connection.close()
+            self._connection = None
+
+
+class PostgresNotifications(ChangeChannel):
+    """``LISTEN apikey_changes`` in a thread, on a connection of its own.
+
+    The token moves with every notification and with every (re)connection,
+    since notifications sent while not listening are lost. While the
+    listener is down or has not checked its connection for a while, the
+    token is ``None`` and every request reads its row.
+    """
+
+    def __init__(self, engine: Engine, *, heartbeat: float = 1.0) -> None:
+        self.engine = engine
+        self.heartbeat = heartbeat
+        self._counter = 0
+        self._alive_at = -1e9
+        self._pid = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._start_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresNotifications({self.engine!r})"
+
+    def token(self) -> int | None:
+        if self._pid != os.getpid():
+            self._start()
+        if time.monotonic() - self._alive_at > 3 * self.heartbeat:
+            return None
+        return self._counter
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._pid == os.getpid() or self._closed:
+                return
+            # In a forked child the parent's thread is gone: start afresh.
+            self._alive_at = -1e9
+            self._pid = os.getpid()
+            self._thread = threading.Thread(
+                target=self._listen, name="apikey-change-listener", daemon=True
+            )
+            self._thread.start()
+
+    def _listen(self) -> None:
+        pid = os.getpid()
+        while not self._closed and self._pid == pid:
+            try:
+                pooled = self.engine.raw_connection()
+                connection = pooled.driver_connection
+                pooled.detach()  # a connection of its own, not one of the pool's
+                try:
+                    self._serve(connection, pid)
+                finally:
+                    connection.close()
+            except Exception as error:
+                self._alive_at = -1e9
+                logger.warning(
+                    "API key change listener lost its connection, reading every request: %s",
+                    type(error).__name__,
+                )
+                time.sleep(self.heartbeat)
+
+    def _serve(self, connection: t.Any, pid: int) -> None:
+        connection.autocommit = True
+        connection.execute("SET application_name = 'apikey-change-listener'")
+        connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        self._counter += 1  # what was sent before now was not heard
+        while not self._closed and self._pid == pid:
+            connection.execute("SELECT 1")  # fails if the connection is gone
+            self._alive_at = time.monotonic()
+            for _ in connection.notifies(timeout=self.heartbeat):
+                self._counter += 1
+
+    def close(self) -> None:
+        self._closed = True
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=3 * self.heartbeat)
+
+
+def channel_for(engine: Engine, *, poll_interval: float, timeout: float) -> ChangeChannel:
+    """The best channel the engine's database offers."""
+    url = engine.url
+    backend = url.get_backend_name()
+    if backend == "sqlite" and url.database not in (None, "", ":memory:"):
+        return SQLiteDataVersion(url.database, timeout)
+    if backend == "postgresql" and url.get_driver_name() == "psycopg":
+        return PostgresNotifications(engine)
+    return PollingChannel(poll_interval)

@@ -1,0 +1,196 @@
+"""Channel mode: rows kept in memory, reread only when the database changed.
+
+The reader store is in channel mode; changes come from another store with
+its own engine and connections, as from another process.
+"""
+
+from __future__ import annotations
+
+import time
+import typing as t
+from collections.abc import Callable, Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from apikey_middleware import InvalidKeyError, SQLAlchemyKeyStore
+from apikey_middleware.changes import (
+    PollingChannel,
+    PostgresNotifications,
+    SQLiteDataVersion,
+)
+from apikey_middleware.keys import ParsedKey, generate_key, parse_key
+
+from .conftest import TEST_ROUNDS
+
+POLL = 0.5
+
+
+class Reads:
+    """Counts the key-row reads a store makes."""
+
+    def __init__(self, store: SQLAlchemyKeyStore) -> None:
+        self.count = 0
+        sa.event.listen(store.engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, conn: t.Any, cursor: t.Any, statement: str, *args: t.Any) -> None:
+        if "FROM apikey_keys" in statement:
+            self.count += 1
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, "timed out"
+        time.sleep(0.005)
+    return time.monotonic() - started
+
+
+def parsed(key: str) -> ParsedKey:
+    result = parse_key(key)
+    assert result is not None
+    return result
+
+
+def accepts(store: SQLAlchemyKeyStore, key: ParsedKey) -> bool:
+    try:
+        store.authenticate(key)
+    except InvalidKeyError:
+        return False
+    return True
+
+
+@pytest.fixture
+def admin(store: SQLAlchemyKeyStore) -> SQLAlchemyKeyStore:
+    """The store that makes changes (immediate mode, its own engine)."""
+    return store
+
+
+@pytest.fixture
+def reader(database_url: str, admin: SQLAlchemyKeyStore) -> Iterator[SQLAlchemyKeyStore]:
+    store = SQLAlchemyKeyStore(
+        database_url, bcrypt_rounds=TEST_ROUNDS, revocation="channel", poll_interval=POLL
+    )
+    assert store.channel is not None
+    channel = store.channel
+    wait_until(lambda: channel.token() is not None)
+    yield store
+    store.close()
+
+
+def test_the_channel_suits_the_database(reader: SQLAlchemyKeyStore) -> None:
+    expected = {
+        "sqlite": SQLiteDataVersion,
+        "postgresql": PostgresNotifications,
+        "mysql": PollingChannel,
+    }[reader.engine.dialect.name]
+    assert isinstance(reader.channel, expected)
+
+
+def test_a_row_is_read_once_while_nothing_changes(
+    reader: SQLAlchemyKeyStore, admin: SQLAlchemyKeyStore
+) -> None:
+    key = parsed(admin.create_key("n").key)
+    unknown = generate_key("test")
+    reads = Reads(reader)
+    channel = reader.channel
+    assert channel is not None
+    token = channel.token()
+    for _ in range(20):
+        assert accepts(reader, key)
+        assert not accepts(reader, unknown)
+    if channel.token() == token:  # a MySQL poll slice may have ended meanwhile
+        assert reads.count == 2
+
+
+def test_a_revoke_elsewhere_is_seen(reader: SQLAlchemyKeyStore, admin: SQLAlchemyKeyStore) -> None:
+    issued = admin.create_key("n")
+    key = parsed(issued.key)
+    assert accepts(reader, key)
+    admin.revoke(issued.id)
+    if isinstance(reader.channel, SQLiteDataVersion):
+        assert not accepts(reader, key)  # the very next request
+        return
+    bound = POLL if isinstance(reader.channel, PollingChannel) else 2.0
+    assert wait_until(lambda: not accepts(reader, key)) <= bound + 0.2
+    for _ in range(5):
+        assert not accepts(reader, key)
+
+
+def test_a_rotation_elsewhere_is_seen(
+    reader: SQLAlchemyKeyStore, admin: SQLAlchemyKeyStore
+) -> None:
+    issued = admin.create_key("n", scopes=["a"])
+    old = parsed(issued.key)
+    assert accepts(reader, old)
+    new = parsed(admin.rotate(issued.id).key)
+    assert accepts(reader, new)
+    wait_until(lambda: not accepts(reader, old), timeout=POLL + 2.0)
+
+
+def test_a_key_created_after_its_id_was_tried_is_accepted(
+    reader: SQLAlchemyKeyStore, admin: SQLAlchemyKeyStore
+) -> None:
+    before = generate_key("test")
+    assert not accepts(reader, before)  # remembered as unknown
+    issued = admin.create_key("n")
+    wait_until(lambda: accepts(reader, parsed(issued.key)), timeout=POLL + 2.0)
+
+
+def test_expiry_is_checked_on_every_request(
+    reader: SQLAlchemyKeyStore, admin: SQLAlchemyKeyStore
+) -> None:
+    from datetime import timedelta
+
+    from apikey_middleware.store import utcnow
+
+    issued = admin.create_key("n", expires_at=utcnow() + timedelta(seconds=1))
+    key = parsed(issued.key)
+    assert accepts(reader, key)
+    reads = Reads(reader)
+    time.sleep(1.05)
+    assert not accepts(reader, key)
+    assert reads.count <= 1
+
+
+def test_postgres_listener_loss_falls_back_to_reading_every_request(
+    reader: SQLAlchemyKeyStore, admin: SQLAlchemyKeyStore
+) -> None:
+    if not isinstance(reader.channel, PostgresNotifications):
+        pytest.skip("the listener is PostgreSQL's")
+    channel = reader.channel
+    issued = admin.create_key("n")
+    key = parsed(issued.key)
+    assert accepts(reader, key)
+    with admin.engine.connect() as connection:
+        killed = connection.execute(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'apikey-change-listener' "
+                "AND datname = current_database()"
+            )
+        ).scalar_one()
+    assert killed >= 1
+    # Whatever the listener missed while it was away, a revoke now is seen.
+    admin.revoke(issued.id)
+    wait_until(lambda: not accepts(reader, key), timeout=2.0)
+    wait_until(lambda: channel.token() is not None)
+    other = parsed(admin.create_key("m").key)
+    time.sleep(0.3)  # the creation's own notification comes and goes
+    reads = Reads(reader)
+    assert accepts(reader, other)
+    assert reads.count == 1
+    count = reads.count
+    for _ in range(10):
+        assert accepts(reader, other)
+    assert reads.count == count
+
+
+def test_sqlite_channel_reopens_after_a_failure(tmp_path: t.Any) -> None:
+    channel = SQLiteDataVersion(str(tmp_path / "missing" / "keys.db"))
+    assert channel.token() is None  # no such folder: nothing to vouch for
+    channel.path = str(tmp_path / "keys.db")
+    first = channel.token()
+    assert first is not None
+    assert channel.token() == first
+    channel.close()
