@@ -148,7 +148,7 @@ class PostgresNotifications(ChangeChannel):
         while not self._closed and self._pid == pid:
             try:
                 pooled = self.engine.raw_connection()
-                connection = pooled.driver_connection
+                connection: t.Any = pooled.driver_connection
                 pooled.detach()  # a connection of its own, not one of the pool's
                 try:
                     self._serve(connection, pid)
