@@ -38,7 +38,7 @@ fuzz: $(STAMP)
 	APIKEY_FUZZ_EXAMPLES=$${APIKEY_FUZZ_EXAMPLES:-100000} $(BIN)/pytest -m fuzz -s -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_middleware.py
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) instance .mypy_cache .ruff_cache .pytest_cache

@@ -27,6 +27,7 @@ import sqlite3
 import threading
 import time
 import typing as t
+import weakref
 
 if t.TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -40,7 +41,7 @@ NOTIFY_CHANNEL = "apikey_changes"
 class ChangeChannel:
     """Tells the store whether its cached key rows may still be used."""
 
-    def token(self) -> t.Hashable | None:
+    def token(self) -> int | None:
         """A value that differs after any change; ``None``: do not cache."""
         raise NotImplementedError
 
@@ -61,6 +62,18 @@ class PollingChannel(ChangeChannel):
         return int(time.monotonic() // self.interval)
 
 
+def _on_fork(channel: ChangeChannel, method: str) -> None:
+    """Call ``method`` of ``channel`` in a forked child, while it lives."""
+    reference = weakref.ref(channel)
+
+    def call() -> None:
+        alive = reference()
+        if alive is not None:
+            getattr(alive, method)()
+
+    os.register_at_fork(after_in_child=call)
+
+
 class SQLiteDataVersion(ChangeChannel):
     """``PRAGMA data_version`` of a connection that only ever reads it."""
 
@@ -68,38 +81,49 @@ class SQLiteDataVersion(ChangeChannel):
         self.path = path
         self.timeout = timeout
         self._connection: sqlite3.Connection | None = None
-        self._pid = 0
-        # Versions of two connections cannot be compared: a new connection
-        # starts a new epoch.
+        self._cursor: sqlite3.Cursor | None = None
+        # Versions of two connections cannot be compared: each connection
+        # adds its own epoch to the token.
         self._epoch = 0
         self._lock = threading.Lock()
+        self._inherited: list[sqlite3.Connection] = []
+        _on_fork(self, "_after_fork")
 
     def __repr__(self) -> str:
         return f"SQLiteDataVersion({self.path!r})"
 
-    def token(self) -> tuple[int, int] | None:
+    def _after_fork(self) -> None:
+        # The parent's connection must not be used (nor closed) here.
+        if self._connection is not None:
+            self._inherited.append(self._connection)
+        self._connection = self._cursor = None
+        self._lock = threading.Lock()
+
+    def token(self) -> int | None:
         with self._lock:
             try:
-                if self._connection is None or self._pid != os.getpid():
-                    self._connection = sqlite3.connect(
+                cursor = self._cursor
+                if cursor is None:
+                    connection = sqlite3.connect(
                         self.path,
                         timeout=self.timeout,
                         isolation_level=None,
                         check_same_thread=False,
                     )
-                    self._pid = os.getpid()
-                    self._epoch += 1
-                version = self._connection.execute("PRAGMA data_version").fetchone()[0]
+                    self._connection, self._cursor = connection, connection.cursor()
+                    self._epoch += 1 << 48
+                    cursor = self._cursor
+                version: int = cursor.execute("PRAGMA data_version").fetchone()[0]
             except sqlite3.Error:
-                self._connection = None
+                self._connection = self._cursor = None
                 return None
-            return self._epoch, int(version)
+            return self._epoch + version
 
     def close(self) -> None:
         with self._lock:
-            if self._connection is not None and self._pid == os.getpid():
+            if self._connection is not None:
                 self._connection.close()
-            self._connection = None
+            self._connection = self._cursor = None
 
 
 class PostgresNotifications(ChangeChannel):
@@ -116,16 +140,24 @@ class PostgresNotifications(ChangeChannel):
         self.heartbeat = heartbeat
         self._counter = 0
         self._alive_at = -1e9
+        self._started = False
         self._pid = 0
         self._thread: threading.Thread | None = None
         self._closed = False
         self._start_lock = threading.Lock()
+        _on_fork(self, "_after_fork")
 
     def __repr__(self) -> str:
         return f"PostgresNotifications({self.engine!r})"
 
+    def _after_fork(self) -> None:
+        # The parent's thread did not come along: start afresh when asked.
+        self._started = False
+        self._alive_at = -1e9
+        self._start_lock = threading.Lock()
+
     def token(self) -> int | None:
-        if self._pid != os.getpid():
+        if not self._started:
             self._start()
         if time.monotonic() - self._alive_at > 3 * self.heartbeat:
             return None
@@ -133,10 +165,9 @@ class PostgresNotifications(ChangeChannel):
 
     def _start(self) -> None:
         with self._start_lock:
-            if self._pid == os.getpid() or self._closed:
+            if self._started or self._closed:
                 return
-            # In a forked child the parent's thread is gone: start afresh.
-            self._alive_at = -1e9
+            self._started = True
             self._pid = os.getpid()
             self._thread = threading.Thread(
                 target=self._listen, name="apikey-change-listener", daemon=True

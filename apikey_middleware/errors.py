@@ -12,10 +12,12 @@ No message or attribute here ever contains a key.
 
 from __future__ import annotations
 
+import functools
 import json
 import typing as t
 from collections.abc import Iterable
 
+from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wrappers import Response
 
 if t.TYPE_CHECKING:
@@ -24,6 +26,7 @@ if t.TYPE_CHECKING:
 REALM = "api"
 
 
+@functools.cache
 def _body(code: str, message: str) -> bytes:
     return json.dumps({"success": False, "error": {"code": code, "message": message}}).encode()
 
@@ -70,7 +73,14 @@ class ApiKeyError(Exception):
         return Response(self.body, self.status, self.get_headers())
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        return self.get_response()(environ, start_response)
+        # What get_response() would send, without building a Response: the
+        # error paths are what a flood of bad keys exercises.
+        body = self.body
+        start_response(
+            f"{self.status} {HTTP_STATUS_CODES[self.status].upper()}",
+            [*self.get_headers(), ("Content-Length", str(len(body)))],
+        )
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
 
 class MissingKeyError(ApiKeyError):

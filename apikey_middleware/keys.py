@@ -25,7 +25,6 @@ import re
 import secrets
 import string
 import typing as t
-from dataclasses import dataclass, field
 
 KeyType = t.Literal["test", "live"]
 
@@ -54,17 +53,20 @@ _KEY_RE = re.compile(
 _KEY_ID_RE = re.compile(rf"[a-z0-9]{{{ID_LENGTH}}}")
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedKey:
+class ParsedKey(t.NamedTuple):
     """A presented key that is well formed and passed its checksum.
 
     It has not been checked against the store yet. The full key is kept out
     of ``repr()`` so that it cannot leak through a log line or a traceback.
+    (A named tuple: one is made on every request.)
     """
 
     key_type: KeyType
     key_id: str
-    key: str = field(repr=False)
+    key: str
+
+    def __repr__(self) -> str:
+        return f"ParsedKey(key_type={self.key_type!r}, key_id={self.key_id!r})"
 
 
 def _checksum(body: str) -> str:

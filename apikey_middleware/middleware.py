@@ -20,7 +20,7 @@ from .errors import (
     ServiceUnavailableError,
     TooManyRequestsError,
 )
-from .keys import KEY_TYPES, parse_key
+from .keys import KEY_TYPES
 from .principal import Principal, normalize_scopes
 from .throttle import FailureThrottle
 from .usage import UsageWriter
@@ -53,10 +53,18 @@ def bearer_token(header: str) -> str | None:
     as a key: Werkzeug's ``Authorization.from_header`` strips any Unicode
     space from it, which would let ``"<key>\\xa0"`` through.
     """
+    if header.startswith("Bearer ") and header[7:8] not in (" ", "\t"):
+        # The usual spelling, and the only one on the fast path.
+        return header[7:].rstrip(" \t") or None
     scheme, _, token = header.strip(" \t").partition(" ")
     if scheme.lower() != "bearer":
         return None
     return token.lstrip(" ") or None
+
+
+def _decoded(raw_path: str) -> str:
+    """``PATH_INFO`` as Werkzeug's ``get_path_info`` decodes it."""
+    return raw_path.encode("latin-1").decode("utf-8", "replace")
 
 
 def _status_code(status: str) -> int:
@@ -181,7 +189,7 @@ class ApiKeyMiddleware:
             )
             for methods, path, scopes in self.rules
         ]
-        self._cached_scopes_for = functools.lru_cache(maxsize=4096)(self._scopes_for)
+        self._cached_scopes_for_raw = functools.lru_cache(maxsize=4096)(self._scopes_for_raw)
         #: Where requests with a known key id are logged (``None``: nowhere).
         self.usage = (usage_writer or UsageWriter(store)) if log_usage else None
         self.throttle = throttle
@@ -197,11 +205,12 @@ class ApiKeyMiddleware:
                 return scopes
         return ()
 
+    def _scopes_for_raw(self, method: str, raw_path: str) -> tuple[str, ...] | None:
+        return self._scopes_for(method, _decoded(raw_path))
+
     def scopes_for(self, method: str, path: str) -> tuple[str, ...] | None:
         """The scopes a request needs, or ``None`` for a public path."""
-        if len(path) > _MAX_CACHED_PATH:
-            return self._scopes_for(method, path)
-        return self._cached_scopes_for(method, path)
+        return self._scopes_for(method, path)
 
     def authenticate(self, environ: WSGIEnvironment) -> Principal:
         """Return the principal of the request's key.
@@ -211,10 +220,7 @@ class ApiKeyMiddleware:
         token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
         if token is None:
             raise MissingKeyError
-        key = parse_key(token)
-        if key is None:
-            raise InvalidKeyError
-        return self.store.authenticate(key)
+        return self.store.authenticate(token)
 
     def authorize(self, principal: Principal, scopes: Sequence[str]) -> None:
         """Check that ``principal`` may make a request that needs ``scopes``.
@@ -228,8 +234,12 @@ class ApiKeyMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET").upper()
-        path = get_path_info(environ)
-        scopes = self.scopes_for(method, path)
+        # Remembered by the raw PATH_INFO, so a known path is not decoded.
+        raw_path = environ.get("PATH_INFO") or ""
+        if len(raw_path) > _MAX_CACHED_PATH:
+            scopes = self._scopes_for_raw(method, raw_path)
+        else:
+            scopes = self._cached_scopes_for_raw(method, raw_path)
         if scopes is _PUBLIC or (
             self.preflight
             and method == "OPTIONS"

@@ -34,7 +34,17 @@ from .errors import (
     ServiceUnavailableError,
 )
 from .hashing import DEFAULT_ROUNDS, KeyHasher
-from .keys import ID_LENGTH, KEY_TYPES, KeyType, ParsedKey, display_prefix, generate_key, is_key_id
+from .keys import (
+    ID_LENGTH,
+    KEY_LENGTH,
+    KEY_TYPES,
+    KeyType,
+    ParsedKey,
+    display_prefix,
+    generate_key,
+    is_key_id,
+    parse_key,
+)
 from .principal import Principal, normalize_scopes
 
 logger = logging.getLogger("apikey_middleware")
@@ -411,19 +421,19 @@ class SQLAlchemyKeyStore:
         self.timeout = timeout
         self.retry_after = retry_after
         self.revocation = revocation
-        # Verified keys: a keyed digest of (key, stored hash) -> the row it
-        # was verified against and its principal. Never the key itself.
-        self._verified: LRUCache[bytes, tuple[tuple[t.Any, ...], Principal]] = LRUCache(cache_size)
-        # Keys that failed bcrypt against a stored hash, by the same digest.
-        self._failed: LRUCache[bytes, bool] = LRUCache(cache_size)
+        # Verified keys: a keyed digest of the key -> its id, the row it was
+        # verified against and its principal. Never the key itself.
+        self._verified: LRUCache[bytes, tuple[str, tuple[t.Any, ...], Principal]] = LRUCache(
+            cache_size
+        )
+        # Keys that failed bcrypt, by the same digest -> the hash they failed.
+        self._failed: LRUCache[bytes, str] = LRUCache(cache_size)
         self._memo_secret = secrets.token_bytes(32)
         self._bcrypt_slots = threading.BoundedSemaphore(bcrypt_concurrency)
         #: Where channel mode hears of changes (``None`` in immediate mode).
         self.channel: ChangeChannel | None = None
         # Channel mode: key id -> (channel token, row or None for unknown).
-        self._rows: LRUCache[str, tuple[t.Hashable, tuple[t.Any, ...] | None]] = LRUCache(
-            cache_size
-        )
+        self._rows: LRUCache[str, tuple[int, tuple[t.Any, ...] | None]] = LRUCache(cache_size)
         if revocation == "channel":
             self.channel = channel_for(self.engine, poll_interval=poll_interval, timeout=timeout)
 
@@ -491,31 +501,54 @@ class SQLAlchemyKeyStore:
             str(cause).splitlines()[0] if str(cause) else "",
         )
 
-    def authenticate(self, key: ParsedKey) -> Principal:
+    def authenticate(self, key: ParsedKey | str) -> Principal:
         """Return the principal of ``key``, reading its row now.
 
-        :raises InvalidKeyError: unknown id; :class:`RejectedKeyError` (a
-            subclass, alike on the wire) for a known id with the wrong
-            secret, revoked or expired.
+        ``key`` is a parsed key, or the token as presented: a token this
+        process has verified before is recognised without parsing it again;
+        any other is parsed first, so a malformed one costs no database
+        work.
+
+        :raises InvalidKeyError: malformed or unknown id;
+            :class:`RejectedKeyError` (a subclass, alike on the wire) for a
+            known id with the wrong secret, revoked or expired.
         :raises ServiceUnavailableError: the database did not answer.
         """
-        row = self._row(key.key_id)
+        token = key if isinstance(key, str) else key.key
+        if len(token) != KEY_LENGTH:
+            raise InvalidKeyError
+        memo = hashlib.blake2b(
+            token.encode("utf-8", "surrogatepass"), key=self._memo_secret
+        ).digest()
+        known = self._verified.get(memo)
+        row = None
+        if known is not None:
+            # Verified before: the same row (same hash, scopes, state) and
+            # not expired since means the same answer.
+            key_id, verified_row, principal = known
+            row = self._row(key_id)
+            if row == verified_row and (row[5] is None or row[5] > utcnow()):
+                return principal
+        parsed = parse_key(key) if isinstance(key, str) else key
+        if parsed is None:
+            raise InvalidKeyError
+        if known is None:
+            row = self._row(parsed.key_id)
         if row is None:
             raise InvalidKeyError
         key_type, key_hash, name, scopes, owner, expires_at, revoked_at = row
-        if key_type != key.key_type or revoked_at is not None:
-            raise RejectedKeyError(key.key_id)
+        if key_type != parsed.key_type or revoked_at is not None:
+            raise RejectedKeyError(parsed.key_id)
         if expires_at is not None and expires_at <= utcnow():
-            raise RejectedKeyError(key.key_id)
-        memo = hashlib.blake2b(f"{key.key}\0{key_hash}".encode(), key=self._memo_secret).digest()
-        known = self._verified.get(memo)
-        if known is not None and known[0] == row:
-            return known[1]
-        if self._failed.get(memo) or not self._verify(key.key, key_hash):
-            self._failed.set(memo, True)
-            raise RejectedKeyError(key.key_id)
-        principal = Principal(key.key_id, name, key.key_type, frozenset(scopes.split()), owner)
-        self._verified.set(memo, (row, principal))
+            raise RejectedKeyError(parsed.key_id)
+        # A wrong key stays wrong for as long as the stored hash is the same.
+        if self._failed.get(memo) == key_hash or not self._verify(token, key_hash):
+            self._failed.set(memo, key_hash)
+            raise RejectedKeyError(parsed.key_id)
+        principal = Principal(
+            parsed.key_id, name, parsed.key_type, frozenset(scopes.split()), owner
+        )
+        self._verified.set(memo, (parsed.key_id, row, principal))
         return principal
 
     def _verify(self, key: str, key_hash: str) -> bool:

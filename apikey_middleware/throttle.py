@@ -38,7 +38,7 @@ class FailureThrottle:
         limit: int = 20,
         window: float = 60.0,
         *,
-        max_addresses: int = 100_000,
+        max_addresses: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:

@@ -1,47 +1,41 @@
-"""What the middleware costs a request, measured side by side in one run.
+"""In-process: what the middleware costs a request, side by side in one run.
 
-Each variant is called in-process as a WSGI app with a prebuilt environ, so
-only the application's own work is timed (no sockets, no server). Rounds of
-the variants are interleaved, so a busy moment on the machine hits them all.
+Each variant is called as a WSGI app with a prebuilt environ, so only the
+application's own work is timed (no sockets, no server). Rounds of the
+variants are interleaved, so a busy moment on the machine hits them all.
 
-- bare: a Flask hello view;
-- floor: the same view plus one hand-written SQLAlchemy Core ``SELECT`` of
-  the key's row by primary key on the same pooled engine: the least that
-  immediate revocation (reading the row on every request) can cost;
-- wrapped: the bare view behind ``ApiKeyMiddleware`` with a valid key,
-  usage logging off, then on (the default). With logging on, the request
-  only buffers a row; the writer's time to store the round's rows is
-  measured apart and reported both ways;
-- bcrypt: the same, with the verified-key memory off, so bcrypt (cost 12)
-  runs on every request: the design this package avoids.
-
-Run ``make bench`` (or ``python benchmarks/bench_middleware.py``). Set
-``APIKEY_BENCH_POSTGRES_URL`` to measure floor and wrapped on PostgreSQL too.
-Last, the usage log writer's throughput is measured alone, in rows per second.
+- bare: a Flask hello view; floor: the same plus one hand-written SQLAlchemy
+  Core ``SELECT`` of the key's row (the least immediate revocation costs);
+- wrapped: behind ``ApiKeyMiddleware`` with a valid key, usage log off, then
+  on (the request only buffers a row; the writer's time per row is measured
+  apart); through the Flask decorator; in channel mode; and with bcrypt (cost
+  12) on every request, the design this package avoids;
+- a legacy plain-WSGI app, bare and wrapped;
+- the error paths: no key, a malformed key, a bad checksum, an unknown id,
+  a repeated wrong secret, a missing scope.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
-import tempfile
 import time
 import typing as t
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import sqlalchemy as sa
-from flask import Flask
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from apikey_middleware import ApiKeyMiddleware, SQLAlchemyKeyStore
-from apikey_middleware.store import ApiKey
+from apikey_middleware.keys import generate_key
 from apikey_middleware.usage import UsageWriter
+
+from ._table import Table
+from .apps import decorated_app, floor_app, hello_app, legacy_app
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
+
+SECTION = "in-process, per request"
 
 
 def _start_response(status: str, headers: list[tuple[str, str]], exc_info: t.Any = None) -> t.Any:
@@ -55,6 +49,11 @@ def _call(app: WSGIApplication, environ: WSGIEnvironment) -> None:
     close = getattr(body, "close", None)
     if close is not None:
         close()
+
+
+def environ_for(path: str = "/hello", key: str | None = None) -> WSGIEnvironment:
+    headers = [] if key is None else [("Authorization", f"Bearer {key}")]
+    return EnvironBuilder(path=path, headers=headers).get_environ()
 
 
 @dataclass
@@ -79,116 +78,189 @@ class Variant:
         started = time.perf_counter()
         for _ in range(self.requests):
             _call(app, environ)
-        self.samples.append((time.perf_counter() - started) / self.requests)
+        self.samples.append((time.perf_counter() - started) / self.requests * 1e6)
         if self.finish is not None:
             started = time.perf_counter()
             self.finish()
-            self.finish_samples.append((time.perf_counter() - started) / self.requests)
+            self.finish_samples.append((time.perf_counter() - started) / self.requests * 1e6)
 
     @property
     def median(self) -> float:
         return statistics.median(self.samples)
 
 
-def hello_app() -> Flask:
-    app = Flask("bench")
-
-    @app.get("/hello")
-    def hello() -> str:
-        return "hello"
-
-    return app
+@dataclass
+class Setup:
+    label: str
+    variants: dict[str, Variant]
+    stores: list[SQLAlchemyKeyStore]
 
 
-def floor_app(engine: sa.Engine, key_id: str) -> Flask:
-    app = Flask("bench-floor")
-    query = sa.select(ApiKey.__table__).where(ApiKey.__table__.c.id == sa.bindparam("id"))
-
-    @app.get("/hello")
-    def hello() -> str:
-        with engine.connect() as connection:
-            row = connection.execute(query, {"id": key_id}).first()
-        assert row is not None
-        return "hello"
-
-    return app
-
-
-def variants_for(label: str, url: str, requests: int, rounds_bcrypt: int) -> list[Variant]:
+def database_variants(label: str, url: str, requests: int, bcrypt_requests: int) -> Setup:
     store = SQLAlchemyKeyStore(url, bcrypt_rounds=12)
     store.metadata.drop_all(store.engine)
     store.create_schema()
     issued = store.create_key("bench", scopes=["hello"])
     uncached = SQLAlchemyKeyStore(store.engine, cache_size=0)
-    environ = EnvironBuilder(
-        path="/hello", headers=[("Authorization", f"Bearer {issued.key}")]
-    ).get_environ()
+    channel = SQLAlchemyKeyStore(url, revocation="channel")
+    valid = environ_for(key=issued.key)
     bare = hello_app()
     # The writer's thread is kept out of the timed requests (it would write
     # only after a second or 1000 rows anyway); each round's rows are
     # written right after it and that time is reported on its own.
     writer = UsageWriter(store, batch_size=requests + 1, max_pending=requests + 1, interval=3600)
     logging_on = ApiKeyMiddleware(bare.wsgi_app, store, usage_writer=writer)
-    return [
-        Variant(f"bare Flask ({label})", bare.wsgi_app, environ, requests),
-        Variant(
-            f"floor: bare + 1 SELECT ({label})",
-            floor_app(store.engine, issued.id).wsgi_app,
-            environ,
-            requests,
+    variants = {
+        "bare": Variant("bare Flask", bare.wsgi_app, valid, requests),
+        "floor": Variant(
+            "floor: bare + 1 SELECT", floor_app(store.engine, issued.id).wsgi_app, valid, requests
         ),
-        Variant(
-            f"wrapped, valid key ({label})",
+        "wrapped": Variant(
+            "wrapped, valid key",
             ApiKeyMiddleware(bare.wsgi_app, store, log_usage=False),
-            environ,
+            valid,
             requests,
         ),
-        Variant(
-            f"wrapped + usage log ({label})",
-            logging_on,
-            environ,
-            requests,
-            finish=logging_on.flush,
+        "logged": Variant(
+            "wrapped + usage log", logging_on, valid, requests, finish=logging_on.flush
         ),
-        Variant(
-            f"bcrypt every request ({label})",
+        "decorated": Variant(
+            "Flask decorator, valid key",
+            decorated_app(store, APIKEY_LOG_USAGE=False).wsgi_app,
+            valid,
+            requests,
+        ),
+        "channel": Variant(
+            "wrapped, channel mode",
+            ApiKeyMiddleware(bare.wsgi_app, channel, log_usage=False),
+            valid,
+            requests,
+        ),
+        "bcrypt": Variant(
+            "bcrypt every request",
             ApiKeyMiddleware(bare.wsgi_app, uncached, log_usage=False),
-            environ,
-            rounds_bcrypt,
+            valid,
+            bcrypt_requests,
         ),
-    ]
+    }
+    for variant in variants.values():
+        variant.name = f"{variant.name} ({label})"
+    return Setup(label, variants, [store, channel])
 
 
-def report(variants: Iterable[Variant]) -> None:
-    by_name = {variant.name: variant for variant in variants}
-    print(f"\n{'variant':44} {'median µs':>10} {'min µs':>9} {'max µs':>10}")
-    for variant in by_name.values():
-        low, high = min(variant.samples), max(variant.samples)
-        print(f"{variant.name:44} {variant.median * 1e6:10.1f} {low * 1e6:9.1f} {high * 1e6:10.1f}")
-    print("\nratios (medians)")
-    labels = sorted({name.rsplit("(", 1)[1].rstrip(")") for name in by_name})
-    for label in labels:
-        bare = by_name[f"bare Flask ({label})"].median
-        floor = by_name[f"floor: bare + 1 SELECT ({label})"].median
-        wrapped = by_name[f"wrapped, valid key ({label})"].median
-        bcrypt = by_name[f"bcrypt every request ({label})"].median
-        print(f"  {label}: wrapped / floor  = {wrapped / floor:6.3f}   (target <= 1.10)")
-        print(f"  {label}: wrapped / bare   = {wrapped / bare:6.3f}")
-        print(f"  {label}: floor / bare     = {floor / bare:6.3f}")
-        print(f"  {label}: bcrypt / wrapped = {bcrypt / wrapped:6.0f}x  (target >= 200x)")
-        logged = by_name[f"wrapped + usage log ({label})"]
+def shared_variants(url: str, requests: int) -> dict[str, Variant]:
+    """Variants where the database does not matter: SQLite only."""
+    store = SQLAlchemyKeyStore(url, bcrypt_rounds=12)
+    store.create_schema()
+    issued = store.create_key("errors", scopes=["hello"])
+    guarded = ApiKeyMiddleware(
+        hello_app().wsgi_app, store, rules=[("GET", "/admin", "admin")], log_usage=False
+    )
+    valid = issued.key
+    checksum_off = valid[:-1] + ("A" if valid[-1] != "A" else "B")
+    wrong = generate_key("test", issued.id).key
+    unauthorized, invalid = "401 UNAUTHORIZED", "401 UNAUTHORIZED"
+    return {
+        "legacy bare": Variant("legacy WSGI app, bare", legacy_app, environ_for(), requests),
+        "legacy wrapped": Variant(
+            "legacy WSGI app, wrapped",
+            ApiKeyMiddleware(legacy_app, store, log_usage=False),
+            environ_for(key=valid),
+            requests,
+        ),
+        "no key": Variant("error: no key", guarded, environ_for(), requests, unauthorized),
+        "malformed": Variant(
+            "error: malformed key", guarded, environ_for(key="sk_live_nope"), requests, invalid
+        ),
+        "checksum": Variant(
+            "error: bad checksum", guarded, environ_for(key=checksum_off), requests, invalid
+        ),
+        "unknown": Variant(
+            "error: unknown key id",
+            guarded,
+            environ_for(key=generate_key("test").key),
+            requests,
+            invalid,
+        ),
+        "wrong": Variant(
+            "error: wrong secret, repeated", guarded, environ_for(key=wrong), requests, invalid
+        ),
+        "forbidden": Variant(
+            "error: missing scope",
+            guarded,
+            environ_for("/admin", valid),
+            requests,
+            "403 FORBIDDEN",
+        ),
+    }
+
+
+def run(
+    table: Table, sqlite_url: str, postgres_url: str | None, *, rounds: int, requests: int
+) -> None:
+    setups = [database_variants("SQLite", sqlite_url, requests, 3)]
+    if postgres_url:
+        setups.append(database_variants("PostgreSQL", postgres_url, requests, 3))
+    shared = shared_variants(sqlite_url.replace("bench.db", "errors.db"), requests)
+    everything = [v for setup in setups for v in setup.variants.values()] + list(shared.values())
+    for variant in everything:
+        variant.check()
+        variant.run_round()  # warm up: pools filled, statements compiled, key verified
+        variant.samples.clear()
+        variant.finish_samples.clear()
+    for number in range(rounds):
+        print(f"  in-process round {number + 1}/{rounds}", end="\r", flush=True)
+        for variant in everything:
+            variant.run_round()
+    print()
+    for variant in everything:
+        table.figure(SECTION, variant.name, variant.samples, "µs")
+    for setup in setups:
+        v, label = setup.variants, setup.label
+        wrapped = v["wrapped"].median
+        table.ratio(SECTION, f"wrapped / floor ({label})", wrapped / v["floor"].median, "<= 1.10")
+        table.ratio(
+            SECTION, f"decorator / floor ({label})", v["decorated"].median / v["floor"].median
+        )
+        table.ratio(SECTION, f"wrapped / bare ({label})", wrapped / v["bare"].median)
+        table.ratio(SECTION, f"floor / bare ({label})", v["floor"].median / v["bare"].median)
+        table.ratio(
+            SECTION,
+            f"channel mode / bare ({label})",
+            v["channel"].median / v["bare"].median,
+            "<= 1.15",
+        )
+        table.ratio(SECTION, f"bcrypt / wrapped ({label})", v["bcrypt"].median / wrapped, ">= 200x")
+        logged = v["logged"]
+        table.ratio(
+            SECTION,
+            f"usage log on / off, request path ({label})",
+            logged.median / wrapped,
+            "<= 1.05",
+        )
         write = statistics.median(logged.finish_samples)
-        print(
-            f"  {label}: usage log on / off = {logged.median / wrapped:6.3f}"
-            "   (request path; target <= 1.05)"
+        table.ratio(
+            SECTION,
+            f"usage log on / off, with writer ({label})",
+            (logged.median + write) / wrapped,
+            suffix=f"   (writer: {write:.1f} µs per row, off the request path)",
         )
-        print(
-            f"  {label}: usage log on / off = {(logged.median + write) / wrapped:6.3f}"
-            f"   (with the writer's {write * 1e6:.1f} µs per row, done off the request path)"
-        )
+        for store in setup.stores:
+            store.close()
+    no_key = shared["no key"].median
+    table.ratio(
+        SECTION,
+        "legacy wrapped / legacy bare",
+        shared["legacy wrapped"].median / shared["legacy bare"].median,
+    )
+    table.ratio(SECTION, "malformed key / no key", shared["malformed"].median / no_key, "<= 1.05")
+    table.ratio(SECTION, "bad checksum / no key", shared["checksum"].median / no_key, "<= 1.05")
+    table.ratio(SECTION, "unknown id / no key", shared["unknown"].median / no_key)
+    table.ratio(SECTION, "repeated wrong secret / no key", shared["wrong"].median / no_key)
+    table.ratio(SECTION, "missing scope / no key", shared["forbidden"].median / no_key)
 
 
-def writer_throughput(label: str, url: str, rows: int = 20_000) -> None:
+def writer_throughput(table: Table, label: str, url: str, rows: int = 20_000) -> None:
     """Rows per second through the usage writer: buffered, then flushed in batches."""
     store = SQLAlchemyKeyStore(url, bcrypt_rounds=4)
     store.create_schema()
@@ -202,43 +274,7 @@ def writer_throughput(label: str, url: str, rows: int = 20_000) -> None:
         started = time.perf_counter()
         writer.flush()
         rates.append(rows / (time.perf_counter() - started))
-    print(
-        f"  usage writer ({label}): {statistics.median(rates):,.0f} rows/s (median of 3 x {rows:,})"
-    )
+    table.figure("usage log writer", f"rows written per second ({label})", rates, "rows/s")
     writer.close()
     store.metadata.drop_all(store.engine)
     store.close()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--requests", type=int, default=2000, help="requests per round")
-    parser.add_argument("--bcrypt-requests", type=int, default=3, help="per round, bcrypt variant")
-    args = parser.parse_args(argv)
-
-    with tempfile.TemporaryDirectory() as folder:
-        variants = variants_for(
-            "SQLite", f"sqlite:///{Path(folder) / 'bench.db'}", args.requests, args.bcrypt_requests
-        )
-        postgres = os.environ.get("APIKEY_BENCH_POSTGRES_URL")
-        if postgres:
-            variants += variants_for("PostgreSQL", postgres, args.requests, args.bcrypt_requests)
-        for variant in variants:
-            variant.check()
-            variant.run_round()  # warm up: pools filled, statements compiled, key verified
-            variant.samples.clear()
-        runners: list[Callable[[], None]] = [variant.run_round for variant in variants]
-        for number in range(args.rounds):
-            print(f"round {number + 1}/{args.rounds}", end="\r", flush=True)
-            for run in runners:
-                run()
-        report(variants)
-        print("\nusage log writer")
-        writer_throughput("SQLite", f"sqlite:///{Path(folder) / 'writer.db'}")
-        if postgres:
-            writer_throughput("PostgreSQL", postgres)
-
-
-if __name__ == "__main__":
-    main()

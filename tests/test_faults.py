@@ -96,7 +96,7 @@ def test_unexpected_store_error_fails_closed(
     sqlite_store: SQLAlchemyKeyStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     class BrokenStore(SQLAlchemyKeyStore):
-        def authenticate(self, key: ParsedKey) -> Principal:
+        def authenticate(self, key: ParsedKey | str) -> Principal:
             raise RuntimeError("boom")
 
     broken = BrokenStore(sqlite_store.engine)

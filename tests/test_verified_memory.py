@@ -224,3 +224,44 @@ def test_memory_holds_no_key(sqlite_store: SQLAlchemyKeyStore) -> None:
 def test_bad_cache_size_is_refused(sqlite_url: str, size: object) -> None:
     with pytest.raises(ValueError, match="cache size"):
         SQLAlchemyKeyStore(sqlite_url, cache_size=size)  # type: ignore[arg-type]
+
+
+def test_malformed_tokens_cost_no_database_or_bcrypt_work(
+    sqlite_store: SQLAlchemyKeyStore, checkpw: CountingCheckpw
+) -> None:
+    issued = sqlite_store.create_key("n")
+    sqlite_store.authenticate(issued.key)  # verified and remembered
+    statements = []
+    sa.event.listen(
+        sqlite_store.engine, "before_cursor_execute", lambda *args: statements.append(args[2])
+    )
+    flipped = issued.key[:-1] + ("A" if issued.key[-1] != "A" else "B")
+    for token in (
+        "",
+        "sk_test_",
+        flipped,
+        issued.key.replace("sk_test_", "sk_prod_"),
+        issued.key + " ",
+        issued.key[:-1],
+        "x" * 57,
+        issued.key.upper(),
+    ):
+        with pytest.raises(InvalidKeyError):
+            sqlite_store.authenticate(token)
+    assert statements == []
+    assert checkpw.calls == 1
+
+
+def test_a_remembered_key_is_refused_once_it_expires(
+    sqlite_store: SQLAlchemyKeyStore, checkpw: CountingCheckpw
+) -> None:
+    from datetime import timedelta
+
+    from apikey_middleware.store import utcnow
+
+    issued = sqlite_store.create_key("n", expires_at=utcnow() + timedelta(seconds=0.5))
+    assert sqlite_store.authenticate(issued.key).key_id == issued.id
+    time.sleep(0.6)
+    with pytest.raises(InvalidKeyError):
+        sqlite_store.authenticate(issued.key)
+    assert checkpw.calls == 1

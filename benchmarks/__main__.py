@@ -1,0 +1,76 @@
+"""``make bench``: every benchmark in one run, then one table.
+
+SQLite always; PostgreSQL with ``APIKEY_BENCH_POSTGRES_URL``; MySQL or
+MariaDB (revocation latency of channel mode's polling) with
+``APIKEY_BENCH_MYSQL_URL``. The named databases' key tables are dropped and
+made again. Every figure is a median over rounds with min-max; every ratio
+compares figures measured side by side in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+from apikey_middleware import SQLAlchemyKeyStore
+
+from . import bench_abuse, bench_middleware, bench_revocation, bench_server
+from ._table import Table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=9, help="in-process rounds")
+    parser.add_argument("--requests", type=int, default=2000, help="per in-process round")
+    parser.add_argument("--server-rounds", type=int, default=5)
+    parser.add_argument("--server-requests", type=int, default=2000)
+    parser.add_argument("--flood-rounds", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=30, help="revocation latency trials")
+    parser.add_argument("--memory-keys", type=int, default=1_000_000)
+    parser.add_argument(
+        "--only", nargs="*", choices=["in-process", "server", "abuse", "revocation", "memory"]
+    )
+    args = parser.parse_args(argv)
+    wanted = set(args.only or ["in-process", "server", "abuse", "revocation", "memory"])
+    started = time.monotonic()
+    table = Table()
+    with tempfile.TemporaryDirectory() as folder:
+        sqlite = f"sqlite:///{folder}/bench.db"
+        postgres = os.environ.get("APIKEY_BENCH_POSTGRES_URL")
+        mysql = os.environ.get("APIKEY_BENCH_MYSQL_URL")
+        servers = {"SQLite": sqlite} | ({"PostgreSQL": postgres} if postgres else {})
+        if "in-process" in wanted:
+            bench_middleware.run(
+                table, sqlite, postgres, rounds=args.rounds, requests=args.requests
+            )
+        if "server" in wanted:
+            keys = {}
+            for label, url in servers.items():
+                store = SQLAlchemyKeyStore(url)
+                store.create_schema()
+                issued = store.create_key(f"server bench {label}")
+                keys[label] = (url, issued.key, issued.id)
+                store.close()
+            bench_server.run(table, keys, rounds=args.server_rounds, requests=args.server_requests)
+        if "abuse" in wanted:
+            bench_abuse.flood(
+                table, f"sqlite:///{folder}/flood.db", rounds=args.flood_rounds, requests=2000
+            )
+        if "revocation" in wanted:
+            latency = {"SQLite": f"sqlite:///{folder}/revocation.db"}
+            latency |= {"PostgreSQL": postgres} if postgres else {}
+            latency |= {"MySQL/MariaDB": mysql} if mysql else {}
+            bench_revocation.run(table, latency, count=args.trials)
+        if "memory" in wanted:
+            bench_abuse.memory(table, f"sqlite:///{folder}/memory.db", args.memory_keys)
+        if "in-process" in wanted:
+            for label, url in servers.items():
+                bench_middleware.writer_throughput(table, label, url.replace("bench.db", "w.db"))
+    table.print()
+    print(f"\n(all in {time.monotonic() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The apps the benchmarks measure, in-process and under gunicorn.
+
+For gunicorn: ``gunicorn 'benchmarks.apps:create_app("floor")'`` with
+``BENCH_DATABASE_URL`` and ``BENCH_KEY_ID`` set.
+"""
+
+from __future__ import annotations
+
+import os
+import typing as t
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from flask import Flask
+
+from apikey_middleware import ApiKeyMiddleware, SQLAlchemyKeyStore
+from apikey_middleware.flask import ApiKeys, require_scopes
+from apikey_middleware.store import ApiKey
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+KINDS = ("bare", "floor", "wrapped", "channel")
+
+
+def hello_app() -> Flask:
+    """A Flask hello view: the bare app."""
+    app = Flask("bench")
+
+    @app.get("/hello")
+    def hello() -> str:
+        return "hello"
+
+    return app
+
+
+def floor_app(engine: sa.Engine, key_id: str) -> Flask:
+    """The hello view plus one hand-written Core ``SELECT`` of the key's row."""
+    app = Flask("bench-floor")
+    table = t.cast(sa.Table, ApiKey.__table__)
+    query = sa.select(table).where(table.c.id == sa.bindparam("id"))
+
+    @app.get("/hello")
+    def hello() -> str:
+        with engine.connect() as connection:
+            row = connection.execute(query, {"id": key_id}).first()
+        assert row is not None
+        return "hello"
+
+    return app
+
+
+def decorated_app(store: SQLAlchemyKeyStore, **config: t.Any) -> Flask:
+    """The hello view behind ``@require_scopes``."""
+    app = Flask("bench-decorated")
+    app.config.update(config)
+    ApiKeys(app, store=store)
+
+    @app.get("/hello")
+    @require_scopes("hello")
+    def hello() -> str:
+        return "hello"
+
+    return app
+
+
+def legacy_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """A plain WSGI hello, no framework."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+def create_app(kind: str) -> WSGIApplication:
+    """One of :data:`KINDS`, from ``BENCH_DATABASE_URL`` and ``BENCH_KEY_ID``."""
+    if kind == "bare":
+        return hello_app().wsgi_app
+    url = os.environ["BENCH_DATABASE_URL"]
+    if kind == "floor":
+        return floor_app(sa.create_engine(url), os.environ["BENCH_KEY_ID"]).wsgi_app
+    revocation: t.Literal["immediate", "channel"] = "channel" if kind == "channel" else "immediate"
+    store = SQLAlchemyKeyStore(url, revocation=revocation)
+    return ApiKeyMiddleware(hello_app().wsgi_app, store)
