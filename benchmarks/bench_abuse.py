@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import threading
@@ -45,10 +46,12 @@ def _legit_latencies(guarded: ApiKeyMiddleware, key: str, requests: int) -> list
     return latencies
 
 
-def _flood(guarded: ApiKeyMiddleware, key_id: str, stop: threading.Event, count: list[int]) -> None:
+def _flood(
+    guarded: ApiKeyMiddleware, key_id: str, stop: threading.Event, done: list[float]
+) -> None:
     while not stop.is_set():
         _call(guarded, environ_for(key=generate_key("test", key_id).key))
-        count[0] += 1
+        done.append(time.perf_counter())
 
 
 def _p50(samples: list[float]) -> float:
@@ -71,6 +74,7 @@ def flood(table: Table, url: str, *, rounds: int, requests: int) -> None:
         for name, (store, _) in scenarios.items()
     }
     p50s: dict[str, list[float]] = {name: [] for name in scenarios}
+    rates: dict[str, list[float]] = {name: [] for name in scenarios}
     guesses: dict[str, list[float]] = {name: [] for name in scenarios}
     for guarded in apps.values():
         _legit_latencies(guarded, legit.key, 200)  # warm: verified once
@@ -79,9 +83,9 @@ def flood(table: Table, url: str, *, rounds: int, requests: int) -> None:
         for name, (_, flooding) in scenarios.items():
             guarded = apps[name]
             stop = threading.Event()
-            count = [0]
+            done: list[float] = []
             threads = [
-                threading.Thread(target=_flood, args=(guarded, target.id, stop, count))
+                threading.Thread(target=_flood, args=(guarded, target.id, stop, done))
                 for _ in range(FLOOD_THREADS if flooding else 0)
             ]
             for thread in threads:
@@ -94,10 +98,14 @@ def flood(table: Table, url: str, *, rounds: int, requests: int) -> None:
             for thread in threads:
                 thread.join()
             p50s[name].append(_p50(latencies) * 1e6)
-            guesses[name].append(count[0] / elapsed)
+            rates[name].append(requests / elapsed)
+            within = [moment for moment in done if started <= moment <= started + elapsed]
+            guesses[name].append(len(within) / elapsed)
     print()
     for name in scenarios:
         table.figure(SECTION, f"legit p50, {name}", p50s[name], "µs")
+    for name in scenarios:
+        table.figure(SECTION, f"legit requests/s, {name}", rates[name], "req/s")
     for name, (_, flooding) in scenarios.items():
         if flooding:
             table.figure(SECTION, f"wrong secrets checked/s, {name}", guesses[name], "guesses/s")
@@ -106,11 +114,33 @@ def flood(table: Table, url: str, *, rounds: int, requests: int) -> None:
     unbounded_p50 = sorted(p50s["flood, bcrypt checks unbounded"])[rounds // 2]
     table.ratio(SECTION, "legit p50, flood (bounded) / no flood", bounded_p50 / quiet, "<= 1.10")
     table.ratio(SECTION, "legit p50, flood (unbounded) / no flood", unbounded_p50 / quiet)
+    quiet_rate = statistics.median(rates["no flood"])
+    for name, label in (
+        ("flood, bcrypt checks bounded (default)", "bounded"),
+        ("flood, bcrypt checks unbounded", "unbounded"),
+    ):
+        table.ratio(
+            SECTION,
+            f"legit requests/s, flood ({label}) / no flood",
+            statistics.median(rates[name]) / quiet_rate,
+        )
     bounded.close()
     unbounded.close()
 
 
 def _peak_mb() -> float:
+    """Peak resident memory of this process, in MB.
+
+    ``VmHWM`` where Linux offers it: ``ru_maxrss`` survives ``exec`` and so
+    may be the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -132,14 +162,14 @@ def memory_child(url: str, count: int) -> None:
         environ["REMOTE_ADDR"] = f"10.{number >> 16 & 255}.{number >> 8 & 255}.{number & 255}"
         _call(guarded, environ)
 
-    for number in range(20_000):  # every code path run, every pool and table warm
+    for number in range(100):  # every code path run once
         send(number)
     before = _peak_mb()
     marks = {}
     started = time.perf_counter()
     for number in range(count):
-        send(20_000 + number)
-        if number + 1 in (count // 10, count):
+        send(100 + number)
+        if number + 1 in (count // 100, count // 10, count):
             marks[number + 1] = _peak_mb()
     print(
         json.dumps(
@@ -167,16 +197,16 @@ def memory(table: Table, url: str, count: int) -> None:
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     before = figures["before"]
     marks = {int(n): mb for n, mb in figures["marks"].items()}
-    tenth, last = min(marks), max(marks)
+    last = max(marks)
     table.figure(SECTION, "peak RSS before the bad keys", [before], "MB")
-    table.figure(SECTION, f"peak RSS after {tenth:,} bad keys", [marks[tenth]], "MB")
-    table.figure(SECTION, f"peak RSS after {last:,} bad keys", [marks[last]], "MB")
+    for done in sorted(marks):
+        table.figure(SECTION, f"peak RSS after {done:,} bad keys", [marks[done]], "MB")
     table.figure(SECTION, "bad keys per second, memory run", [last / figures["seconds"]], "keys/s")
     table.ratio(
         SECTION,
         f"peak RSS growth over {last:,} bad keys, MB",
         marks[last] - before,
-        "<= 5",
+        "<= 8",
         suffix=f"   (rows kept: {figures['rows']:,}, addresses kept: {figures['addresses']:,})",
     )
 

@@ -13,11 +13,14 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from apikey_middleware.keys import generate_key
 
 from ._table import Table
 from .load import LoadResult, load
@@ -72,33 +75,55 @@ def run(
     table: Table, databases: dict[str, tuple[str, str, str]], *, rounds: int, requests: int
 ) -> None:
     """``databases``: label -> (URL, a valid key, its id)."""
-    first_key = next(iter(databases.values()))[1]
-    servers: list[tuple[str, str, dict[str, str], str]] = [("bare Flask", "bare", {}, first_key)]
+    servers: dict[str, tuple[str, dict[str, str]]] = {"bare": ("bare", {})}
+    # name -> (server, path, headers, expected status)
+    loads: dict[str, tuple[str, str, dict[str, str], int]] = {}
     for label, (url, key, key_id) in databases.items():
         env = {"BENCH_DATABASE_URL": url, "BENCH_KEY_ID": key_id}
-        servers += [
-            (f"floor: bare + 1 SELECT ({label})", "floor", env, key),
-            (f"wrapped, immediate ({label})", "wrapped", env, key),
-            (f"wrapped, channel mode ({label})", "channel", env, key),
-        ]
-    results: dict[str, list[LoadResult]] = {name: [] for name, _, _, _ in servers}
-    headers = {name: {"Authorization": f"Bearer {key}"} for name, _, _, key in servers}
+        valid = {"Authorization": f"Bearer {key}"}
+        if not loads:
+            loads["bare Flask"] = ("bare", "/hello", valid, 200)
+        for kind in ("floor", "wrapped", "channel"):
+            servers[f"{kind} {label}"] = (kind, env)
+        loads[f"floor: bare + 1 SELECT ({label})"] = (f"floor {label}", "/hello", valid, 200)
+        loads[f"wrapped, immediate ({label})"] = (f"wrapped {label}", "/hello", valid, 200)
+        loads[f"wrapped, channel mode ({label})"] = (f"channel {label}", "/hello", valid, 200)
+    _, first_key, _ = next(iter(databases.values()))
+    first = next(iter(databases))
+    wrong_checksum = first_key[:-1] + ("A" if first_key[-1] != "A" else "B")
+    for name, path, token, status in (
+        ("no key", "/hello", None, 401),  # a Basic credential as long as a key
+        ("malformed key", "/hello", "sk_live_nope", 401),
+        ("bad checksum", "/hello", wrong_checksum, 401),
+        ("unknown key id", "/hello", generate_key("test").key, 401),
+        ("missing scope", "/admin", first_key, 403),
+    ):
+        if token is None:
+            headers = {"Authorization": f"Basic {'x' * len(first_key)}"}
+        else:
+            headers = {"Authorization": f"Bearer {token}"}
+        loads[f"error: {name} ({first})"] = (f"wrapped {first}", path, headers, status)
+
+    results: dict[str, list[LoadResult]] = {name: [] for name in loads}
     with contextlib.ExitStack() as stack:
-        ports = {name: stack.enter_context(serving(kind, env)) for name, kind, env, _ in servers}
-        for name, port in ports.items():
-            warm = load(port, "/hello", headers[name], total=400)
-            if set(warm.statuses) != {200}:
-                raise SystemExit(f"{name}: answered {warm.statuses}")
+        ports = {
+            server: stack.enter_context(serving(kind, env))
+            for server, (kind, env) in servers.items()
+        }
+        for name, (server, path, headers, status) in loads.items():
+            warm = load(ports[server], path, headers, total=400)
+            if set(warm.statuses) != {status}:
+                raise SystemExit(f"{name}: answered {warm.statuses}, not {status}")
         for number in range(rounds):
             print(f"  gunicorn round {number + 1}/{rounds}", end="\r", flush=True)
-            for name, port in ports.items():
-                results[name].append(load(port, "/hello", headers[name], total=requests))
+            for name, (server, path, headers, _) in loads.items():
+                results[name].append(load(ports[server], path, headers, total=requests))
     print()
     for name, runs in results.items():
         table.figure(SECTION, f"{name}: req/s", [r.rate for r in runs], "req/s")
         table.figure(SECTION, f"{name}: p50", [r.p50 * 1e3 for r in runs], "ms")
         table.figure(SECTION, f"{name}: p99", [r.percentile(0.99) * 1e3 for r in runs], "ms")
-    rate = {name: sorted(r.rate for r in runs)[len(runs) // 2] for name, runs in results.items()}
+    rate = {name: statistics.median(r.rate for r in runs) for name, runs in results.items()}
     bare = rate["bare Flask"]
     for label in databases:
         floor = rate[f"floor: bare + 1 SELECT ({label})"]
@@ -114,4 +139,16 @@ def run(
             f"channel mode / bare, req/s ({label})",
             rate[f"wrapped, channel mode ({label})"] / bare,
             ">= 0.85",
+        )
+    no_key = rate[f"error: no key ({first})"]
+    for name, target in (("malformed key", "<= 1.05"), ("bad checksum", "<= 1.05")):
+        table.ratio(
+            SECTION,
+            f"time per request, {name} / no key",
+            no_key / rate[f"error: {name} ({first})"],
+            target,
+        )
+    for name in ("unknown key id", "missing scope"):
+        table.ratio(
+            SECTION, f"time per request, {name} / no key", no_key / rate[f"error: {name} ({first})"]
         )

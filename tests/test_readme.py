@@ -60,3 +60,23 @@ def test_readme_starts_with_the_two_commands() -> None:
     first_block = text[text.index("```sh") : text.index("```", text.index("```sh") + 5)]
     assert "make run" in first_block
     assert "make test" in first_block
+
+
+def test_channel_mode_and_throttling_snippets(readme: dict[str, t.Any]) -> None:
+    from apikey_middleware import InvalidKeyError
+    from apikey_middleware.keys import generate_key
+
+    cached, issued = readme["cached"], readme["issued"]
+    assert cached.authenticate(issued.key).key_id == issued.id
+    readme["store"].revoke(issued.id)
+    with pytest.raises(InvalidKeyError):
+        cached.authenticate(issued.key)
+    cached.close()
+
+    client = Client(readme["throttled"])
+    wrong = {"Authorization": f"Bearer {generate_key('live', issued.id).key}"}
+    for _ in range(20):
+        assert client.get("/v1/clients", headers=wrong).status_code == 401
+    response = client.get("/v1/clients", headers=wrong)
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "60"
