@@ -1,0 +1,57 @@
+"""``make bench`` runs end to end (tiny counts; figures are not judged here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .servers import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_benchmark_suite_runs_and_prints_one_table() -> None:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("APIKEY_BENCH_POSTGRES_URL", "APIKEY_BENCH_MYSQL_URL")
+    }
+    env["APIKEY_BENCH_POSTGRES_URL"] = os.environ.get("APIKEY_TEST_POSTGRES_URL", "")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--rounds=1",
+            "--requests=20",
+            "--server-rounds=1",
+            "--server-requests=50",
+            "--flood-rounds=1",
+            "--trials=2",
+            "--memory-keys=2000",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for line in (
+        "wrapped / floor (SQLite)",
+        "channel mode / bare (SQLite)",
+        "bcrypt / wrapped (SQLite)",
+        "immediate / floor, req/s (SQLite)",
+        "time per request, bad checksum / no key",
+        "legit p50, flood (bounded) / no flood",
+        "most requests accepted after revoke() (SQLite)",
+        "peak RSS growth over 2,000 bad keys, MB",
+    ):
+        assert line in out, line
+    if env["APIKEY_BENCH_POSTGRES_URL"]:
+        assert "p99 ms accepted after revoke() (PostgreSQL)" in out
