@@ -194,3 +194,22 @@ def test_sqlite_channel_reopens_after_a_failure(tmp_path: t.Any) -> None:
     assert first is not None
     assert channel.token() == first
     channel.close()
+
+
+def test_rows_kept_are_bounded(tmp_path: t.Any) -> None:
+    store = SQLAlchemyKeyStore(
+        f"sqlite:///{tmp_path / 'keys.db'}",
+        bcrypt_rounds=TEST_ROUNDS,
+        revocation="channel",
+        cache_size=50,
+    )
+    store.create_schema()
+    for _ in range(500):
+        assert not accepts(store, generate_key("test"))
+    assert len(store._rows) == 50
+    store.close()
+
+
+def test_unknown_revocation_mode_is_refused(tmp_path: t.Any) -> None:
+    with pytest.raises(ValueError, match="revocation must be one of immediate, channel"):
+        SQLAlchemyKeyStore(f"sqlite:///{tmp_path / 'k.db'}", revocation="lazy")  # type: ignore[arg-type]
