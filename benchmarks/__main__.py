@@ -22,11 +22,11 @@ from ._table import Table
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--rounds", type=int, default=9, help="in-process rounds")
-    parser.add_argument("--requests", type=int, default=2000, help="per in-process round")
-    parser.add_argument("--server-rounds", type=int, default=5)
-    parser.add_argument("--server-requests", type=int, default=2000)
-    parser.add_argument("--flood-rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=25, help="in-process rounds")
+    parser.add_argument("--requests", type=int, default=600, help="per in-process round")
+    parser.add_argument("--server-rounds", type=int, default=9)
+    parser.add_argument("--server-requests", type=int, default=1000)
+    parser.add_argument("--flood-rounds", type=int, default=9)
     parser.add_argument("--trials", type=int, default=30, help="revocation latency trials")
     parser.add_argument("--memory-keys", type=int, default=1_000_000)
     parser.add_argument(

@@ -26,15 +26,29 @@ class Figure:
         return f"{self.median:,.1f} {self.unit} ({low:,.1f}–{high:,.1f})"
 
 
+def paired(numerator: list[float], denominator: list[float]) -> list[float]:
+    """Per-round ratios of two figures measured in the same rounds.
+
+    Each round's pair was measured moments apart, so a slow spell of a
+    shared machine cancels out of the ratio.
+    """
+    return [a / b for a, b in zip(numerator, denominator, strict=True)]
+
+
 @dataclass
 class Ratio:
     """A comparison measured side by side, with its target if it has one."""
 
     section: str
     name: str
-    value: float
+    samples: list[float]
     target: str = ""  # such as "<= 1.10"
     suffix: str = ""
+
+    @property
+    def value(self) -> float:
+        """The median of the per-round ratios."""
+        return statistics.median(self.samples)
 
     @property
     def met(self) -> str:
@@ -57,9 +71,16 @@ class Table:
         return figure
 
     def ratio(
-        self, section: str, name: str, value: float, target: str = "", suffix: str = ""
+        self,
+        section: str,
+        name: str,
+        value: float | list[float],
+        target: str = "",
+        suffix: str = "",
     ) -> None:
-        self.ratios.append(Ratio(section, name, value, target, suffix))
+        """``value``: one ratio, or per-round ratios (see :func:`paired`)."""
+        samples = value if isinstance(value, list) else [value]
+        self.ratios.append(Ratio(section, name, samples, target, suffix))
 
     def print(self) -> None:
         width = max([len(f.name) for f in self.figures] + [len(r.name) for r in self.ratios] + [20])
@@ -70,13 +91,21 @@ class Table:
                 section = figure.section
                 print(f"\n[{section}]")
             print(f"  {figure.name:{width}} {figure.shown()}")
-        print(f"\n{'ratio':{width + 2}} {'value':>10}  {'target':>9}  met")
+        heading = "ratio (median of per-round ratios)"
+        print(f"\n{heading:{width + 2}} {'value':>10}  {'target':>9}  met")
         section = None
         for ratio in self.ratios:
             if ratio.section != section:
                 section = ratio.section
                 print(f"[{section}]")
             value = f"{ratio.value:,.3f}" if ratio.value < 100 else f"{ratio.value:,.0f}x"
+            spread = ""
+            if len(ratio.samples) > 1:
+                low, high = min(ratio.samples), max(ratio.samples)
+                spread = (
+                    f"  ({low:,.3f}–{high:,.3f})" if high < 100 else f"  ({low:,.0f}–{high:,.0f}x)"
+                )
             print(
-                f"  {ratio.name:{width}} {value:>10}  {ratio.target:>9}  {ratio.met}{ratio.suffix}"
+                f"  {ratio.name:{width}} {value:>10}  {ratio.target:>9}  {ratio.met:3}"
+                f"{spread}{ratio.suffix}"
             )

@@ -29,7 +29,7 @@ from apikey_middleware import ApiKeyMiddleware, SQLAlchemyKeyStore
 from apikey_middleware.keys import generate_key
 from apikey_middleware.usage import UsageWriter
 
-from ._table import Table
+from ._table import Table, paired
 from .apps import decorated_app, floor_app, hello_app, legacy_app
 
 if t.TYPE_CHECKING:
@@ -208,9 +208,9 @@ def shared_variants(url: str, requests: int) -> dict[str, Variant]:
 def run(
     table: Table, sqlite_url: str, postgres_url: str | None, *, rounds: int, requests: int
 ) -> None:
-    setups = [database_variants("SQLite", sqlite_url, requests, 3)]
+    setups = [database_variants("SQLite", sqlite_url, requests, 1)]
     if postgres_url:
-        setups.append(database_variants("PostgreSQL", postgres_url, requests, 3))
+        setups.append(database_variants("PostgreSQL", postgres_url, requests, 1))
     shared = shared_variants(sqlite_url.replace("bench.db", "errors.db"), requests)
     everything = [v for setup in setups for v in setup.variants.values()] + list(shared.values())
     for variant in everything:
@@ -227,42 +227,42 @@ def run(
         table.figure(SECTION, variant.name, variant.samples, "µs")
     for setup in setups:
         v, label = setup.variants, setup.label
-        wrapped = v["wrapped"].median
-        table.ratio(SECTION, f"wrapped / floor ({label})", wrapped / v["floor"].median, "<= 1.10")
-        table.ratio(
-            SECTION, f"decorator / floor ({label})", v["decorated"].median / v["floor"].median
-        )
-        table.ratio(SECTION, f"wrapped / bare ({label})", wrapped / v["bare"].median)
-        table.ratio(SECTION, f"floor / bare ({label})", v["floor"].median / v["bare"].median)
-        table.ratio(
-            SECTION,
-            f"channel mode / bare ({label})",
-            v["channel"].median / v["bare"].median,
-            "<= 1.15",
-        )
-        table.ratio(SECTION, f"bcrypt / wrapped ({label})", v["bcrypt"].median / wrapped, ">= 200x")
+
+        def ratio(a: str, b: str) -> list[float]:
+            return paired(v[a].samples, v[b].samples)  # noqa: B023
+
+        table.ratio(SECTION, f"wrapped / floor ({label})", ratio("wrapped", "floor"), "<= 1.10")
+        table.ratio(SECTION, f"decorator / floor ({label})", ratio("decorated", "floor"))
+        table.ratio(SECTION, f"wrapped / bare ({label})", ratio("wrapped", "bare"))
+        table.ratio(SECTION, f"floor / bare ({label})", ratio("floor", "bare"))
+        table.ratio(SECTION, f"channel mode / bare ({label})", ratio("channel", "bare"), "<= 1.15")
+        table.ratio(SECTION, f"bcrypt / wrapped ({label})", ratio("bcrypt", "wrapped"), ">= 200x")
         logged = v["logged"]
         table.ratio(
             SECTION,
             f"usage log on / off, request path ({label})",
-            logged.median / wrapped,
+            ratio("logged", "wrapped"),
             "<= 1.05",
         )
         write = statistics.median(logged.finish_samples)
+        with_writer = [a + b for a, b in zip(logged.samples, logged.finish_samples, strict=True)]
         table.ratio(
             SECTION,
             f"usage log on / off, with writer ({label})",
-            (logged.median + write) / wrapped,
+            paired(with_writer, v["wrapped"].samples),
             suffix=f"   (writer: {write:.1f} µs per row, off the request path)",
         )
         for store in setup.stores:
             store.close()
-    no_key = shared["no key"].median
-    table.ratio(SECTION, "malformed key / no key", shared["malformed"].median / no_key, "<= 1.05")
-    table.ratio(SECTION, "bad checksum / no key", shared["checksum"].median / no_key, "<= 1.05")
-    table.ratio(SECTION, "unknown id / no key", shared["unknown"].median / no_key)
-    table.ratio(SECTION, "repeated wrong secret / no key", shared["wrong"].median / no_key)
-    table.ratio(SECTION, "missing scope / no key", shared["forbidden"].median / no_key)
+
+    def error_ratio(name: str) -> list[float]:
+        return paired(shared[name].samples, shared["no key"].samples)
+
+    table.ratio(SECTION, "malformed key / no key", error_ratio("malformed"), "<= 1.05")
+    table.ratio(SECTION, "bad checksum / no key", error_ratio("checksum"), "<= 1.05")
+    table.ratio(SECTION, "unknown id / no key", error_ratio("unknown"))
+    table.ratio(SECTION, "repeated wrong secret / no key", error_ratio("wrong"))
+    table.ratio(SECTION, "missing scope / no key", error_ratio("forbidden"))
 
 
 def writer_throughput(table: Table, label: str, url: str, rows: int = 20_000) -> None:
