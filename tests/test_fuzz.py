@@ -12,11 +12,11 @@ import typing as t
 from collections.abc import Iterable, Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import run_wsgi_app
 
-from apikey_middleware import ApiKeyMiddleware, IssuedKey, SQLAlchemyKeyStore
+from apikey_middleware import ApiKeyMiddleware, FailureThrottle, IssuedKey, SQLAlchemyKeyStore
 from apikey_middleware.cli import parse_duration
 from apikey_middleware.keys import generate_key, parse_key
 
@@ -47,6 +47,12 @@ ERROR_BODIES = {
         {
             "code": "FORBIDDEN",
             "message": "Your API key does not have permission to perform this action",
+        }
+    ],
+    429: [
+        {
+            "code": "TOO_MANY_REQUESTS",
+            "message": "Too many failed authentication attempts, please retry later",
         }
     ],
     503: [
@@ -89,6 +95,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         ],
         public=["/health"],
         log_usage=False,
+        # Short windows, few addresses: the fuzzer meets 429s as well.
+        throttle=FailureThrottle(limit=5, window=0.05),
     )
     yield Setup(middleware, keys)
     store.close()
@@ -133,6 +141,9 @@ def test_middleware_only_gives_spec_answers(setup: Setup, data: st.DataObject) -
         "SERVER_PROTOCOL": "HTTP/1.1",
         "wsgi.url_scheme": "http",
     }
+    remote = data.draw(st.one_of(st.none(), st.sampled_from(["203.0.113.1", "::1"]), LATIN1))
+    if remote is not None:
+        environ["REMOTE_ADDR"] = remote
     if authorization is not None:
         environ["HTTP_AUTHORIZATION"] = authorization
     for header in data.draw(
@@ -142,6 +153,7 @@ def test_middleware_only_gives_spec_answers(setup: Setup, data: st.DataObject) -
     body_iter, status, headers = run_wsgi_app(setup.middleware, environ, buffered=True)
     body = b"".join(body_iter)
     code = int(status.split()[0])
+    event(f"status {code}")  # --hypothesis-show-statistics: which answers were met
     if code == 200:
         assert body == b"app"
         return
