@@ -1,11 +1,12 @@
 """Under a real server: gunicorn, 2 sync workers, loaded over 127.0.0.1.
 
 The bare, floor, wrapped (immediate) and channel-mode apps of
-:mod:`benchmarks.apps` each run in their own gunicorn at once; rounds of a
-fixed number of requests go to each in turn, so they share the machine's
-moments alike. The load comes from :mod:`benchmarks.load` (one Python
-process, so it takes a core of its own: the figures are for comparison with
-each other, not absolute capacity).
+:mod:`benchmarks.apps` each run in their own gunicorn at once; rounds go to
+each in turn, so they share the machine's moments alike. The load comes
+from :mod:`benchmarks.load`: ``wrk`` for a fixed time where it is
+installed, else a Python generator with a fixed number of requests. Either
+runs on the same two cores as the server: the figures are for comparison
+with each other, not absolute capacity.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from pathlib import Path
 from apikey_middleware.keys import generate_key
 
 from ._table import Table, paired
-from .load import LoadResult, load
+from .load import GENERATOR, LoadResult, load, wrk
 
-SECTION = "gunicorn, 2 workers"
+SECTION = f"gunicorn, 2 workers, load from {GENERATOR}"
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -116,7 +117,12 @@ def run(
         for number in range(rounds):
             print(f"  gunicorn round {number + 1}/{rounds}", end="\r", flush=True)
             for name, (server, path, headers, _) in loads.items():
-                results[name].append(load(ports[server], path, headers, total=requests))
+                if GENERATOR == "wrk":
+                    # As long as the Python generator would take at ~2000 req/s.
+                    seconds = max(1, round(requests / 2000))
+                    results[name].append(wrk(ports[server], path, headers, seconds=seconds))
+                else:
+                    results[name].append(load(ports[server], path, headers, total=requests))
     print()
     for name, runs in results.items():
         table.figure(SECTION, f"{name}: req/s", [r.rate for r in runs], "req/s")
