@@ -20,7 +20,7 @@ from apikey_middleware.store import ApiKey
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-KINDS = ("bare", "floor", "wrapped", "channel")
+KINDS = ("bare", "floor", "wrapped", "channel", "channel+log")
 
 
 def hello_app() -> Flask:
@@ -77,6 +77,11 @@ def create_app(kind: str) -> WSGIApplication:
     url = os.environ["BENCH_DATABASE_URL"]
     if kind == "floor":
         return floor_app(sa.create_engine(url), os.environ["BENCH_KEY_ID"]).wsgi_app
-    revocation: t.Literal["immediate", "channel"] = "channel" if kind == "channel" else "immediate"
+    revocation: t.Literal["immediate", "channel"] = "immediate" if kind == "wrapped" else "channel"
     store = SQLAlchemyKeyStore(url, revocation=revocation)
-    return ApiKeyMiddleware(hello_app().wsgi_app, store, rules=[("GET", "/admin", "admin")])
+    return ApiKeyMiddleware(
+        hello_app().wsgi_app,
+        store,
+        rules=[("GET", "/admin", "admin")],
+        log_usage=kind == "channel+log",
+    )

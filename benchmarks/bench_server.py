@@ -1,6 +1,7 @@
 """Under a real server: gunicorn, 2 sync workers, loaded over 127.0.0.1.
 
-The bare, floor, wrapped (immediate) and channel-mode apps of
+The bare, floor, wrapped (immediate) and channel-mode apps (usage log off,
+as in-process; channel mode once more with it on) of
 :mod:`benchmarks.apps` each run in their own gunicorn at once; rounds go to
 each in turn, so they share the machine's moments alike. The load comes
 from :mod:`benchmarks.load`: ``wrk`` for a fixed time where it is
@@ -83,11 +84,17 @@ def run(
         valid = {"Authorization": f"Bearer {key}"}
         if not loads:
             loads["bare Flask"] = ("bare", "/hello", valid, 200)
-        for kind in ("floor", "wrapped", "channel"):
+        for kind in ("floor", "wrapped", "channel", "channel+log"):
             servers[f"{kind} {label}"] = (kind, env)
         loads[f"floor: bare + 1 SELECT ({label})"] = (f"floor {label}", "/hello", valid, 200)
         loads[f"wrapped, immediate ({label})"] = (f"wrapped {label}", "/hello", valid, 200)
         loads[f"wrapped, channel mode ({label})"] = (f"channel {label}", "/hello", valid, 200)
+        loads[f"channel mode + usage log ({label})"] = (
+            f"channel+log {label}",
+            "/hello",
+            valid,
+            200,
+        )
     _, first_key, _ = next(iter(databases.values()))
     first = next(iter(databases))
     wrong_checksum = first_key[:-1] + ("A" if first_key[-1] != "A" else "B")
@@ -147,6 +154,11 @@ def run(
             f"channel mode / bare, req/s ({label})",
             ratio(f"wrapped, channel mode ({label})", "bare Flask"),
             ">= 0.85",
+        )
+        table.ratio(
+            SECTION,
+            f"usage log on / off, channel mode, req/s ({label})",
+            ratio(f"channel mode + usage log ({label})", f"wrapped, channel mode ({label})"),
         )
     for name, target in (
         ("malformed key", "<= 1.05"),
