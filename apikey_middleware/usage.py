@@ -14,16 +14,23 @@ import atexit
 import logging
 import os
 import threading
+import time
 import typing as t
 import weakref
 from collections import deque
+from datetime import UTC, datetime
 
-from .store import UsageRecord, utcnow
+from .store import UsageRecord
 
 if t.TYPE_CHECKING:
     from .store import SQLAlchemyKeyStore
 
 logger = logging.getLogger("apikey_middleware")
+
+
+# A logged request as the request thread leaves it: the time as a float, made
+# into a datetime only when the writer writes it.
+_Pending = tuple[str, float, str, str, int, str | None]
 
 
 def _call_if_alive(reference: weakref.ref[UsageWriter], method: str) -> None:
@@ -64,7 +71,7 @@ class UsageWriter:
         self.dropped = 0
         #: Rows written, since the start.
         self.written = 0
-        self._pending: deque[UsageRecord] = deque()
+        self._pending: deque[_Pending] = deque()
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -94,7 +101,7 @@ class UsageWriter:
             with self._state_lock:
                 self.dropped += 1
             return
-        self._pending.append(UsageRecord(key_id, utcnow(), method, path, status, remote_addr))
+        self._pending.append((key_id, time.time(), method, path, status, remote_addr))
         if self._thread is None:
             self._start()
         elif len(self._pending) >= self.batch_size:
@@ -127,7 +134,7 @@ class UsageWriter:
         """Write every buffered row now. Never raises."""
         with self._write_lock:
             while self._pending:
-                batch: list[UsageRecord] = []
+                batch: list[_Pending] = []
                 while self._pending and len(batch) < self.batch_size:
                     batch.append(self._pending.popleft())
                 if not self._write(batch):
@@ -139,9 +146,14 @@ class UsageWriter:
                 )
                 self._reported_drops = self.dropped
 
-    def _write(self, batch: list[UsageRecord]) -> bool:
+    def _write(self, batch: list[_Pending]) -> bool:
         try:
-            self.store.record_usage(batch)
+            self.store.record_usage(
+                [
+                    UsageRecord(key_id, datetime.fromtimestamp(at, UTC), method, path, status, addr)
+                    for key_id, at, method, path, status, addr in batch
+                ]
+            )
         except Exception as error:
             # Back to the front of the line, as far as room allows; the
             # rest is dropped and counted.

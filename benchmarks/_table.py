@@ -98,13 +98,13 @@ class Table:
             if ratio.section != section:
                 section = ratio.section
                 print(f"[{section}]")
-            value = f"{ratio.value:,.3f}" if ratio.value < 100 else f"{ratio.value:,.0f}x"
+            times = "x" if ratio.target.endswith("x") else ""
+            shown = "{:,.0f}" if times or ratio.value >= 100 else "{:,.3f}"
+            value = shown.format(ratio.value) + times
             spread = ""
             if len(ratio.samples) > 1:
-                low, high = min(ratio.samples), max(ratio.samples)
-                spread = (
-                    f"  ({low:,.3f}–{high:,.3f})" if high < 100 else f"  ({low:,.0f}–{high:,.0f}x)"
-                )
+                low, high = (shown.format(n) for n in (min(ratio.samples), max(ratio.samples)))
+                spread = f"  ({low}–{high}{times})"
             print(
                 f"  {ratio.name:{width}} {value:>10}  {ratio.target:>9}  {ratio.met:3}"
                 f"{spread}{ratio.suffix}"
