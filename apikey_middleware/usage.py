@@ -72,6 +72,7 @@ class UsageWriter:
         #: Rows written, since the start.
         self.written = 0
         self._pending: deque[_Pending] = deque()
+        self._in_flight = 0  # rows taken from the buffer for a write not yet done
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -90,8 +91,8 @@ class UsageWriter:
 
     @property
     def pending(self) -> int:
-        """Rows buffered and not yet written."""
-        return len(self._pending)
+        """Rows buffered and not yet written (a write under way included)."""
+        return len(self._pending) + self._in_flight
 
     def record(
         self, key_id: str, method: str, path: str, status: int, remote_addr: str | None
@@ -137,8 +138,12 @@ class UsageWriter:
                 batch: list[_Pending] = []
                 while self._pending and len(batch) < self.batch_size:
                     batch.append(self._pending.popleft())
-                if not self._write(batch):
-                    break
+                self._in_flight = len(batch)
+                try:
+                    if not self._write(batch):
+                        break
+                finally:
+                    self._in_flight = 0
             if self.dropped != self._reported_drops:
                 logger.warning(
                     "usage log buffer full: %d rows dropped so far",
