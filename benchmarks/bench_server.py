@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from apikey_middleware.keys import generate_key
+from tests.servers import free_port, wait_for_port
 
 from ._table import Table, paired
 from .load import GENERATOR, LoadResult, load, wrk
@@ -29,22 +28,6 @@ from .load import GENERATOR, LoadResult, load, wrk
 SECTION = f"gunicorn, 2 workers, load from {GENERATOR}"
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        time.sleep(0.05)
-    raise SystemExit(f"gunicorn did not start on port {port}")
 
 
 @contextlib.contextmanager
@@ -65,7 +48,7 @@ def serving(kind: str, env: dict[str, str]) -> Iterator[int]:
         env={**os.environ, **env},
     )
     try:
-        wait_for(port)
+        wait_for_port(port)
         yield port
     finally:
         process.terminate()

@@ -8,7 +8,9 @@ SQLite always runs. PostgreSQL and MySQL/MariaDB run when
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+import typing as t
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,28 @@ def sqlite_store(sqlite_url: str) -> Iterator[SQLAlchemyKeyStore]:
     key_store.create_schema()
     yield key_store
     key_store.close()
+
+
+class Statements:
+    """The SQL statements a store's engine runs from now on."""
+
+    def __init__(self, store: SQLAlchemyKeyStore) -> None:
+        self.seen: list[str] = []
+        sa.event.listen(store.engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, conn: t.Any, cursor: t.Any, statement: str, *args: t.Any) -> None:
+        self.seen.append(statement)
+
+    @property
+    def key_reads(self) -> int:
+        """How many of them read the keys table."""
+        return sum("FROM apikey_keys" in statement for statement in self.seen)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> float:
+    """Poll ``condition`` until it holds; the seconds it took."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, "timed out"
+        time.sleep(0.005)
+    return time.monotonic() - started

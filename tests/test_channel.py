@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import typing as t
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -21,29 +21,9 @@ from apikey_middleware.changes import (
 )
 from apikey_middleware.keys import ParsedKey, generate_key, parse_key
 
-from .conftest import TEST_ROUNDS
+from .conftest import TEST_ROUNDS, Statements, wait_until
 
 POLL = 0.5
-
-
-class Reads:
-    """Counts the key-row reads a store makes."""
-
-    def __init__(self, store: SQLAlchemyKeyStore) -> None:
-        self.count = 0
-        sa.event.listen(store.engine, "before_cursor_execute", self._seen)
-
-    def _seen(self, conn: t.Any, cursor: t.Any, statement: str, *args: t.Any) -> None:
-        if "FROM apikey_keys" in statement:
-            self.count += 1
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, "timed out"
-        time.sleep(0.005)
-    return time.monotonic() - started
 
 
 def parsed(key: str) -> ParsedKey:
@@ -92,7 +72,7 @@ def test_a_row_is_read_once_while_nothing_changes(
 ) -> None:
     key = parsed(admin.create_key("n").key)
     unknown = generate_key("test")
-    reads = Reads(reader)
+    reads = Statements(reader)
     channel = reader.channel
     assert channel is not None
     token = channel.token()
@@ -100,7 +80,7 @@ def test_a_row_is_read_once_while_nothing_changes(
         assert accepts(reader, key)
         assert not accepts(reader, unknown)
     if channel.token() == token:  # a MySQL poll slice may have ended meanwhile
-        assert reads.count == 2
+        assert reads.key_reads == 2
 
 
 def test_a_revoke_elsewhere_is_seen(reader: SQLAlchemyKeyStore, admin: SQLAlchemyKeyStore) -> None:
@@ -147,10 +127,10 @@ def test_expiry_is_checked_on_every_request(
     issued = admin.create_key("n", expires_at=utcnow() + timedelta(seconds=1))
     key = parsed(issued.key)
     assert accepts(reader, key)
-    reads = Reads(reader)
+    reads = Statements(reader)
     time.sleep(1.05)
     assert not accepts(reader, key)
-    assert reads.count <= 1
+    assert reads.key_reads <= 1
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -177,13 +157,13 @@ def test_postgres_listener_loss_falls_back_to_reading_every_request(
     wait_until(lambda: channel.token() is not None)
     other = parsed(admin.create_key("m").key)
     time.sleep(0.3)  # the creation's own notification comes and goes
-    reads = Reads(reader)
+    reads = Statements(reader)
     assert accepts(reader, other)
-    assert reads.count == 1
-    count = reads.count
+    assert reads.key_reads == 1
+    count = reads.key_reads
     for _ in range(10):
         assert accepts(reader, other)
-    assert reads.count == count
+    assert reads.key_reads == count
 
 
 def test_sqlite_channel_reopens_after_a_failure(tmp_path: t.Any) -> None:

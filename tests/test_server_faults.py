@@ -27,7 +27,7 @@ from apikey_middleware.store import metadata
 from apikey_middleware.usage import UsageWriter
 from examples import legacy_app
 
-from .conftest import TEST_ROUNDS, server_url
+from .conftest import TEST_ROUNDS, server_url, wait_until
 from .pool_app import POOL_TIMEOUT
 from .servers import Gunicorn, TcpProxy, gunicorn, request
 
@@ -194,13 +194,6 @@ def test_exhausted_pool_answers_503_at_its_timeout_then_recovers(
         metadata.drop_all(sa.create_engine(url, poolclass=sa.NullPool))
 
 
-def wait_until(condition: t.Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def usage_rows(url: str, key_id: str) -> int:
     store = SQLAlchemyKeyStore(url)
     try:
@@ -219,7 +212,7 @@ def serve_through_outage(
     headers = {"Authorization": f"Bearer {key}"}
     for _ in range(3):
         assert client.get("/v1/clients", headers=headers).status_code == 200
-    wait_until(lambda: writer.written == 3)
+    wait_until(lambda: writer.written == 3, timeout=20)
 
     outage()
     for _ in range(5):
@@ -232,7 +225,7 @@ def serve_through_outage(
     assert thread.is_alive()
 
     end()
-    wait_until(lambda: writer.written == 8)
+    wait_until(lambda: writer.written == 8, timeout=20)
     assert writer.dropped == 0
     assert thread.is_alive()
 

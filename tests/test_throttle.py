@@ -5,7 +5,6 @@ from __future__ import annotations
 import typing as t
 
 import pytest
-import sqlalchemy as sa
 from werkzeug.test import Client
 
 from apikey_middleware import (
@@ -17,6 +16,7 @@ from apikey_middleware import (
 )
 from apikey_middleware.keys import generate_key
 
+from .conftest import Statements
 from .test_flask import make_app
 from .test_middleware import INVALID, RecordingApp, bearer
 
@@ -60,17 +60,6 @@ def client(sqlite_store: SQLAlchemyKeyStore, app: RecordingApp, clock: Clock) ->
     return Client(ApiKeyMiddleware(app, sqlite_store, throttle=throttle, log_usage=False))
 
 
-class Queries:
-    """Counts the statements a store's engine runs."""
-
-    def __init__(self, store: SQLAlchemyKeyStore) -> None:
-        self.count = 0
-        sa.event.listen(store.engine, "before_cursor_execute", self._seen)
-
-    def _seen(self, *args: t.Any) -> None:
-        self.count += 1
-
-
 def guess(client: Client, key: IssuedKey, environ: dict[str, str]) -> t.Any:
     return client.get("/", headers=bearer(generate_key("test", key.id).key), environ_base=environ)
 
@@ -80,7 +69,7 @@ def test_the_limit_then_429_without_database_or_bcrypt_work(
 ) -> None:
     for _ in range(3):
         assert guess(client, key, ATTACKER).json == INVALID
-    queries = Queries(sqlite_store)
+    queries = Statements(sqlite_store)
     for token in (generate_key("test", key.id).key, "garbage", key.key):
         response = client.get("/", headers=bearer(token), environ_base=ATTACKER)
         assert response.status_code == 429
@@ -89,7 +78,7 @@ def test_the_limit_then_429_without_database_or_bcrypt_work(
         assert response.headers["Content-Type"] == "application/json"
         assert response.headers["Cache-Control"] == "no-store"
         assert token not in response.get_data(as_text=True)
-    assert queries.count == 0
+    assert queries.seen == []
     assert app.environs == []
 
 

@@ -14,7 +14,7 @@ from apikey_middleware import InvalidKeyError, ServiceUnavailableError, SQLAlche
 from apikey_middleware.keys import ParsedKey, generate_key, parse_key
 from apikey_middleware.store import ApiKey
 
-from .conftest import TEST_ROUNDS
+from .conftest import TEST_ROUNDS, Statements
 
 
 class CountingCheckpw:
@@ -34,6 +34,18 @@ def checkpw(monkeypatch: pytest.MonkeyPatch) -> CountingCheckpw:
     counter = CountingCheckpw()
     monkeypatch.setattr(bcrypt, "checkpw", counter)
     return counter
+
+
+def stored_hash(store: SQLAlchemyKeyStore, key_id: str) -> str:
+    with store.engine.connect() as connection:
+        return str(
+            connection.execute(sa.select(ApiKey.key_hash).where(ApiKey.id == key_id)).scalar_one()
+        )
+
+
+def set_hash(store: SQLAlchemyKeyStore, key_id: str, key_hash: str) -> None:
+    with store.engine.begin() as connection:
+        connection.execute(sa.update(ApiKey).where(ApiKey.id == key_id).values(key_hash=key_hash))
 
 
 def parsed(key: str) -> ParsedKey:
@@ -73,23 +85,12 @@ def test_failure_memory_is_tied_to_the_stored_hash(
     other = sqlite_store.create_key("other")
     key = parsed(issued.key)
     # The key's own hash replaced by another: the right key now fails...
-    with sqlite_store.engine.begin() as connection:
-        good_hash = connection.execute(
-            sa.select(ApiKey.key_hash).where(ApiKey.id == issued.id)
-        ).scalar_one()
-        other_hash = connection.execute(
-            sa.select(ApiKey.key_hash).where(ApiKey.id == other.id)
-        ).scalar_one()
-        connection.execute(
-            sa.update(ApiKey).where(ApiKey.id == issued.id).values(key_hash=other_hash)
-        )
+    good_hash = stored_hash(sqlite_store, issued.id)
+    set_hash(sqlite_store, issued.id, stored_hash(sqlite_store, other.id))
     with pytest.raises(InvalidKeyError):
         sqlite_store.authenticate(key)
     # ...and works again, checked afresh, once the hash is put back.
-    with sqlite_store.engine.begin() as connection:
-        connection.execute(
-            sa.update(ApiKey).where(ApiKey.id == issued.id).values(key_hash=good_hash)
-        )
+    set_hash(sqlite_store, issued.id, good_hash)
     assert sqlite_store.authenticate(key).key_id == issued.id
     assert checkpw.calls == 2
 
@@ -169,13 +170,7 @@ def test_memory_is_tied_to_the_stored_row(
     second = sqlite_store.create_key("second")
     key = parsed(first.key)
     sqlite_store.authenticate(key)
-    with sqlite_store.engine.begin() as connection:
-        other_hash = connection.execute(
-            sa.select(ApiKey.key_hash).where(ApiKey.id == second.id)
-        ).scalar_one()
-        connection.execute(
-            sa.update(ApiKey).where(ApiKey.id == first.id).values(key_hash=other_hash)
-        )
+    set_hash(sqlite_store, first.id, stored_hash(sqlite_store, second.id))
     with pytest.raises(InvalidKeyError):
         sqlite_store.authenticate(key)
     assert checkpw.calls == 2
@@ -231,10 +226,7 @@ def test_malformed_tokens_cost_no_database_or_bcrypt_work(
 ) -> None:
     issued = sqlite_store.create_key("n")
     sqlite_store.authenticate(issued.key)  # verified and remembered
-    statements = []
-    sa.event.listen(
-        sqlite_store.engine, "before_cursor_execute", lambda *args: statements.append(args[2])
-    )
+    statements = Statements(sqlite_store)
     flipped = issued.key[:-1] + ("A" if issued.key[-1] != "A" else "B")
     for token in (
         "",
@@ -248,7 +240,7 @@ def test_malformed_tokens_cost_no_database_or_bcrypt_work(
     ):
         with pytest.raises(InvalidKeyError):
             sqlite_store.authenticate(token)
-    assert statements == []
+    assert statements.seen == []
     assert checkpw.calls == 1
 
 
