@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -120,6 +121,10 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(sa.String(MAX_NAME_LENGTH))
     key_type: Mapped[str] = mapped_column(sa.String(4))
     key_hash: Mapped[str] = mapped_column(sa.String(60))
+    # The key's short keyed fingerprint (KeyHasher.check_value), compared
+    # before bcrypt. NULL in rows made before it existed: such a row gets it
+    # on its key's next successful use.
+    key_check: Mapped[str | None] = mapped_column(sa.String(16))
     # Space-separated, as in OAuth (RFC 6749 §3.3): scopes hold no spaces.
     scopes: Mapped[str] = mapped_column(sa.String(2000))
     owner: Mapped[str | None] = mapped_column(sa.String(MAX_NAME_LENGTH), index=True)
@@ -171,17 +176,47 @@ def _usage_insert(dialect: Dialect) -> tuple[str, bool]:
     return compiled.string, bool(compiled.positional)
 
 
+class AuthRow(t.NamedTuple):
+    """What authentication reads of a key's row, in :data:`_AUTH_QUERY`'s order."""
+
+    key_type: str
+    key_hash: str
+    key_check: str | None
+    name: str
+    scopes: str
+    owner: str | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
 # The one query on the request path: a primary-key read of what
 # authentication needs, built once so SQLAlchemy compiles it once.
 _AUTH_QUERY = sa.select(
     _keys.c.key_type,
     _keys.c.key_hash,
+    _keys.c.key_check,
     _keys.c.name,
     _keys.c.scopes,
     _keys.c.owner,
     _keys.c.expires_at,
     _keys.c.revoked_at,
 ).where(_keys.c.id == sa.bindparam("key_id"))
+
+
+# Gives a row made before check values existed its own, once.
+_SET_CHECK_QUERY = (
+    sa.update(_keys)
+    .where(
+        _keys.c.id == sa.bindparam("check_id"),
+        _keys.c.key_hash == sa.bindparam("check_hash"),
+        _keys.c.key_check.is_(None),
+    )
+    .values(key_check=sa.bindparam("check_value"))
+)
+
+#: Columns added since the first release, by table: ``create_schema`` adds
+#: those that a database made by an earlier release lacks.
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (("apikey_keys", "key_check"),)
 
 
 _TOUCH_QUERY = (
@@ -423,9 +458,7 @@ class SQLAlchemyKeyStore:
         self.revocation = revocation
         # Verified keys: a keyed digest of the key -> its id, the row it was
         # verified against and its principal. Never the key itself.
-        self._verified: LRUCache[bytes, tuple[str, tuple[t.Any, ...], Principal]] = LRUCache(
-            cache_size
-        )
+        self._verified: LRUCache[bytes, tuple[str, AuthRow, Principal]] = LRUCache(cache_size)
         # Keys that failed bcrypt, by the same digest -> the hash they failed.
         self._failed: LRUCache[bytes, str] = LRUCache(cache_size)
         self._memo_secret = secrets.token_bytes(32)
@@ -433,7 +466,7 @@ class SQLAlchemyKeyStore:
         #: Where channel mode hears of changes (``None`` in immediate mode).
         self.channel: ChangeChannel | None = None
         # Channel mode: key id -> (channel token, row or None for unknown).
-        self._rows: LRUCache[str, tuple[int, tuple[t.Any, ...] | None]] = LRUCache(cache_size)
+        self._rows: LRUCache[str, tuple[int, AuthRow | None]] = LRUCache(cache_size)
         if revocation == "channel":
             self.channel = channel_for(self.engine, poll_interval=poll_interval, timeout=timeout)
 
@@ -441,8 +474,21 @@ class SQLAlchemyKeyStore:
         return f"{type(self).__name__}({self.engine.url.render_as_string(hide_password=True)!r})"
 
     def create_schema(self) -> None:
-        """Create the store's tables where they are missing."""
-        self.metadata.create_all(self.engine)
+        """Create the store's tables where they are missing, and add the
+        columns a database made by an earlier release lacks (idempotent)."""
+        with self.engine.begin() as connection:
+            self.metadata.create_all(connection)
+            inspector = sa.inspect(connection)
+            for table_name, column_name in ADDED_COLUMNS:
+                present = {column["name"] for column in inspector.get_columns(table_name)}
+                if column_name in present:
+                    continue
+                table = self.metadata.tables[table_name]
+                column = sa.schema.CreateColumn(table.c[column_name]).compile(
+                    dialect=connection.dialect
+                )
+                name = connection.dialect.identifier_preparer.format_table(table)
+                connection.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {column}")
 
     def close(self) -> None:
         """Stop the change channel; close the pooled connections of an
@@ -459,12 +505,12 @@ class SQLAlchemyKeyStore:
 
     # -- the request path ------------------------------------------------
 
-    def _auth_row(self, key_id: str) -> tuple[t.Any, ...] | None:
+    def _auth_row(self, key_id: str) -> AuthRow | None:
         for attempt in (1, 2):
             try:
                 with self.engine.connect() as connection:
                     row = connection.execute(_AUTH_QUERY, {"key_id": key_id}).first()
-                return None if row is None else tuple(row)
+                return None if row is None else AuthRow(*row)
             except exc.DBAPIError as error:
                 # A connection the server dropped (restart, failover,
                 # pg_terminate_backend) is thrown away by SQLAlchemy; one
@@ -478,7 +524,7 @@ class SQLAlchemyKeyStore:
                 raise ServiceUnavailableError(self.retry_after) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _row(self, key_id: str) -> tuple[t.Any, ...] | None:
+    def _row(self, key_id: str) -> AuthRow | None:
         channel = self.channel
         token = None if channel is None else channel.token()
         if token is None:
@@ -493,10 +539,13 @@ class SQLAlchemyKeyStore:
         return row
 
     @staticmethod
-    def _log_fault(error: exc.SQLAlchemyError) -> None:
+    def _log_fault(
+        error: exc.SQLAlchemyError, what: str = "API key store unavailable, refusing requests"
+    ) -> None:
         cause = error.orig if isinstance(error, exc.DBAPIError) else error
         logger.error(
-            "API key store unavailable, refusing requests: %s: %s",
+            "%s: %s: %s",
+            what,
             type(cause).__name__,
             str(cause).splitlines()[0] if str(cause) else "",
         )
@@ -527,7 +576,7 @@ class SQLAlchemyKeyStore:
             # not expired since means the same answer.
             key_id, verified_row, principal = known
             row = self._row(key_id)
-            if row == verified_row and (row[5] is None or row[5] > utcnow()):
+            if row == verified_row and (row.expires_at is None or row.expires_at > utcnow()):
                 return principal
         parsed = parse_key(key) if isinstance(key, str) else key
         if parsed is None:
@@ -536,20 +585,45 @@ class SQLAlchemyKeyStore:
             row = self._row(parsed.key_id)
         if row is None:
             raise InvalidKeyError
-        key_type, key_hash, name, scopes, owner, expires_at, revoked_at = row
-        if key_type != parsed.key_type or revoked_at is not None:
+        if row.key_type != parsed.key_type or row.revoked_at is not None:
             raise RejectedKeyError(parsed.key_id)
-        if expires_at is not None and expires_at <= utcnow():
+        if row.expires_at is not None and row.expires_at <= utcnow():
             raise RejectedKeyError(parsed.key_id)
+        check = row.key_check
+        if check is not None:
+            # A wrong secret stops here, for one HMAC: only the right key
+            # (or one guess in 2**48) goes on to bcrypt.
+            if not hmac.compare_digest(self.hasher.check_value(token), check):
+                raise RejectedKeyError(parsed.key_id)
         # A wrong key stays wrong for as long as the stored hash is the same.
-        if self._failed.get(memo) == key_hash or not self._verify(token, key_hash):
-            self._failed.set(memo, key_hash)
+        elif self._failed.get(memo) == row.key_hash:
             raise RejectedKeyError(parsed.key_id)
+        if not self._verify(token, row.key_hash):
+            self._failed.set(memo, row.key_hash)
+            raise RejectedKeyError(parsed.key_id)
+        if check is None:
+            row = self._set_check(parsed.key_id, token, row)
         principal = Principal(
-            parsed.key_id, name, parsed.key_type, frozenset(scopes.split()), owner
+            parsed.key_id, row.name, parsed.key_type, frozenset(row.scopes.split()), row.owner
         )
         self._verified.set(memo, (parsed.key_id, row, principal))
         return principal
+
+    def _set_check(self, key_id: str, token: str, row: AuthRow) -> AuthRow:
+        """Give a row made before check values existed its own; the row as
+        it now is. A failure only means the next process tries again."""
+        value = self.hasher.check_value(token)
+        try:
+            with self._session() as session, session.begin():
+                session.execute(
+                    _SET_CHECK_QUERY,
+                    {"check_id": key_id, "check_hash": row.key_hash, "check_value": value},
+                )
+                self._announce(session, key_id)
+        except exc.SQLAlchemyError as error:
+            self._log_fault(error, "could not store a key's check value")
+            return row
+        return row._replace(key_check=value)
 
     def _verify(self, key: str, key_hash: str) -> bool:
         if not self._bcrypt_slots.acquire(timeout=self.timeout):
@@ -612,6 +686,7 @@ class SQLAlchemyKeyStore:
                 name=name,
                 key_type=key_type,
                 key_hash=key_hash,
+                key_check=self.hasher.check_value(parsed.key),
                 scopes=" ".join(scope_list),
                 owner=owner,
                 created_at=now,
