@@ -390,3 +390,35 @@ def test_principal_is_the_stores_principal(client: Client, reader: IssuedKey) ->
 
     assert client.get("/capture", headers=bearer(reader.key)).status_code == 200
     assert seen == [True, True]
+
+
+PREFLIGHT = {"Origin": "https://example.com", "Access-Control-Request-Method": "DELETE"}
+
+
+def _preflight_app(store: SQLAlchemyKeyStore, **config: t.Any) -> Flask:
+    app = make_app(store, **config)
+
+    @app.route("/cors", methods=["OPTIONS", "DELETE"])
+    @require_scopes("clients:delete")
+    def cors() -> ResponseReturnValue:
+        return _whoami()
+
+    return app
+
+
+def test_a_preflight_to_a_decorated_view_needs_a_key_by_default(
+    sqlite_store: SQLAlchemyKeyStore,
+) -> None:
+    client = _preflight_app(sqlite_store).test_client()
+    response = client.options("/cors", headers=PREFLIGHT)
+    assert response.status_code == 401
+    assert response.json is not None
+    assert response.json["error"]["code"] == "UNAUTHORIZED"
+
+
+def test_a_preflight_passes_when_turned_on(sqlite_store: SQLAlchemyKeyStore) -> None:
+    client = _preflight_app(sqlite_store, APIKEY_PREFLIGHT=True).test_client()
+    response = client.options("/cors", headers=PREFLIGHT)
+    assert response.status_code == 200
+    assert response.json == {"key_id": None}
+    assert client.delete("/cors", headers=PREFLIGHT).status_code == 401

@@ -36,6 +36,7 @@ FUZZ = settings(
 )
 LATIN1 = st.text(st.characters(max_codepoint=255), max_size=200)
 ERROR_BODIES = {
+    400: [{"code": "BAD_REQUEST", "message": "The request path or method is not valid"}],
     401: [
         {"code": "UNAUTHORIZED", "message": "No API key provided"},
         {
