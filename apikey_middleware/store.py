@@ -11,9 +11,11 @@ import functools
 import hashlib
 import hmac
 import logging
+import math
 import os
 import secrets
 import threading
+import time
 import typing as t
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from ._lru import LRUCache
+from ._watchdog import StatementWatchdog
 from .changes import NOTIFY_CHANNEL, ChangeChannel, channel_for
 from .errors import (
     InvalidKeyError,
@@ -337,12 +340,42 @@ def _sqlite_on_connect(dbapi_connection: t.Any, connection_record: t.Any) -> Non
         cursor.close()
 
 
+def _server_connect_args(parsed: sa.URL, timeout: float) -> dict[str, t.Any]:
+    """Driver options that bound every wait on a database server by ``timeout``."""
+    seconds = max(1, math.ceil(timeout))
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        # The server ends a statement that runs, or waits for a lock, too
+        # long; the watchdog (below) covers a connection that stops answering.
+        milliseconds = max(1, round(timeout * 1000))
+        options = f"-c statement_timeout={milliseconds} -c lock_timeout={milliseconds}"
+        given = parsed.query.get("options")
+        if isinstance(given, str) and given:
+            options = f"{given} {options}"
+        return {"connect_timeout": seconds, "options": options}
+    if backend in ("mysql", "mariadb"):
+        args: dict[str, t.Any] = {
+            "connect_timeout": seconds,
+            "read_timeout": seconds,
+            "write_timeout": seconds,
+        }
+        if "init_command" not in parsed.query:
+            args["init_command"] = (
+                f"SET SESSION lock_wait_timeout = {seconds}, innodb_lock_wait_timeout = {seconds}"
+            )
+        return args
+    return {"connect_timeout": seconds}
+
+
 def create_store_engine(url: str | sa.URL, *, timeout: float = 5.0) -> Engine:
     """Create an engine from ``url`` set up for the store.
 
-    Connects, waits for the pool and (SQLite) waits on a locked database for
-    at most ``timeout`` seconds, so a fault becomes a quick 503 rather than
-    a hung request.
+    Every wait is bounded by about ``timeout`` seconds, so that a fault
+    becomes a quick 503 rather than a hung request: connecting, waiting for
+    the pool, and waiting on a locked SQLite file; on PostgreSQL a
+    statement or lock wait (``statement_timeout``, ``lock_timeout``) and a
+    connection that stops answering (a watchdog cuts it); on MySQL and
+    MariaDB lock waits and reads and writes on the connection.
 
     :raises ValueError: if the URL cannot be parsed or has no driver here.
     """
@@ -357,13 +390,17 @@ def create_store_engine(url: str | sa.URL, *, timeout: float = 5.0) -> Engine:
     if backend == "sqlite":
         options["connect_args"] = {"timeout": timeout}
     elif backend in ("postgresql", "mysql", "mariadb"):
-        options["connect_args"] = {"connect_timeout": max(1, round(timeout))}
+        options["connect_args"] = _server_connect_args(parsed, timeout)
     try:
         engine = sa.create_engine(parsed, **options)
     except (exc.NoSuchModuleError, ImportError) as error:
         raise ValueError(f"no database driver for {shown}: {error}") from None
     if backend == "sqlite" and not in_memory:
         event.listen(engine, "connect", _sqlite_on_connect)
+    elif backend == "postgresql":
+        # A little after the server's own timeouts, which end a statement
+        # more gently (the connection survives).
+        StatementWatchdog(engine, timeout + 0.5)
     return engine
 
 
@@ -506,6 +543,7 @@ class SQLAlchemyKeyStore:
     # -- the request path ------------------------------------------------
 
     def _auth_row(self, key_id: str) -> AuthRow | None:
+        started = time.monotonic()
         for attempt in (1, 2):
             try:
                 with self.engine.connect() as connection:
@@ -514,8 +552,13 @@ class SQLAlchemyKeyStore:
             except exc.DBAPIError as error:
                 # A connection the server dropped (restart, failover,
                 # pg_terminate_backend) is thrown away by SQLAlchemy; one
-                # more try on a fresh one saves the request.
-                if attempt == 1 and error.connection_invalidated:
+                # more try on a fresh one saves the request. Not after a
+                # wait: the answer must come within about one timeout.
+                if (
+                    attempt == 1
+                    and error.connection_invalidated
+                    and time.monotonic() - started < self.timeout / 2
+                ):
                     continue
                 self._log_fault(error)
                 raise ServiceUnavailableError(self.retry_after) from None
