@@ -101,8 +101,9 @@ class ApiKeyMiddleware:
         with other buffer settings.
     :param throttle: a :class:`~apikey_middleware.throttle.FailureThrottle`:
         a client address with too many invalid keys in its window gets 429
-        with ``Retry-After``, before any hashing or database work. Off by
-        default, since behind a proxy every client has the proxy's address.
+        with ``Retry-After`` for them, while its valid keys still pass. Off
+        by default, since behind a proxy every client has the proxy's
+        address.
 
     .. code-block:: python
 
@@ -210,28 +211,36 @@ class ApiKeyMiddleware:
         if scopes is Verdict.BAD_REQUEST:
             return self._refuse(BadRequestError(), None, environ, start_response)
         throttle = self.throttle
-        if throttle is not None:
+        address = ""
+        over: int | None = None
+        if throttle is not None and environ.get("HTTP_AUTHORIZATION"):
             address = environ.get("REMOTE_ADDR") or ""
-            wait = throttle.retry_after(address)
-            if wait is not None:
-                return self._refuse(TooManyRequestsError(wait), None, environ, start_response)
+            over = throttle.attempt(address)
+        else:
+            throttle = None
         key_id = None
         try:
             principal = self.authenticate(environ)
             key_id = principal.key_id
             self.authorize(principal, scopes)
         except ApiKeyError as error:
-            if isinstance(error, InvalidKeyError):
-                if throttle is not None:
-                    throttle.failed(address)
-                if isinstance(error, RejectedKeyError):
-                    key_id = error.key_id
+            if isinstance(error, RejectedKeyError):
+                key_id = error.key_id
+            if throttle is not None:
+                if not isinstance(error, InvalidKeyError):
+                    throttle.succeeded(address)
+                elif over is not None:
+                    error = TooManyRequestsError(over)
             return self._refuse(error, key_id, environ, start_response)
         except Exception:
             # A bug or an unforeseen fault: fail closed, but say so loudly.
             logger.exception("API key check failed unexpectedly, refusing the request")
+            if throttle is not None:
+                throttle.succeeded(address)
             fault = ServiceUnavailableError(self.store.retry_after)
             return self._refuse(fault, None, environ, start_response)
+        if throttle is not None:
+            throttle.succeeded(address)
         environ[self.environ_key] = principal
         return self._call_app(key_id, environ, start_response)
 
