@@ -253,12 +253,14 @@ class ApiKeyMiddleware:
     ) -> Iterable[bytes]:
         if self.required:
             if key_id is not None:
-                self._record(key_id, environ, error.status)
+                self._record(key_id, environ, error.status, accepted=False)
             return error(environ, start_response)
         environ[ERROR_ENVIRON_KEY] = error
-        return self._call_app(key_id, environ, start_response)
+        return self._call_app(key_id, environ, start_response, accepted=False)
 
-    def _record(self, key_id: str, environ: WSGIEnvironment, status: int) -> None:
+    def _record(
+        self, key_id: str, environ: WSGIEnvironment, status: int, *, accepted: bool
+    ) -> None:
         if self.usage is None:
             return
         self.usage.record(
@@ -267,10 +269,16 @@ class ApiKeyMiddleware:
             get_path_info(environ),
             status,
             environ.get("REMOTE_ADDR"),
+            accepted,
         )
 
     def _call_app(
-        self, key_id: str | None, environ: WSGIEnvironment, start_response: StartResponse
+        self,
+        key_id: str | None,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        *,
+        accepted: bool = True,
     ) -> Iterable[bytes]:
         if self.hide_credentials:
             environ.pop("HTTP_AUTHORIZATION", None)
@@ -284,14 +292,14 @@ class ApiKeyMiddleware:
             nonlocal logged
             if not logged:
                 logged = True
-                self._record(key_id, environ, _status_code(status))
+                self._record(key_id, environ, _status_code(status), accepted=accepted)
             return start_response(status, headers, exc_info)
 
         try:
             return self.app(environ, logging_start_response)
         except BaseException:
             if not logged:
-                self._record(key_id, environ, 500)
+                self._record(key_id, environ, 500, accepted=accepted)
             raise
 
     def flush(self) -> None:

@@ -13,11 +13,12 @@ import hmac
 import logging
 import math
 import os
+import re
 import secrets
 import threading
 import time
 import typing as t
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -46,8 +47,10 @@ from .keys import (
     ParsedKey,
     display_prefix,
     generate_key,
+    holds_key,
     is_key_id,
     parse_key,
+    shown_safely,
 )
 from .principal import Principal, normalize_scopes
 
@@ -311,6 +314,9 @@ class UsageRecord(t.NamedTuple):
     remote_addr: str | None
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _check_name(what: str, value: object, *, optional: bool = False) -> str | None:
     if value is None and optional:
         return None
@@ -318,6 +324,10 @@ def _check_name(what: str, value: object, *, optional: bool = False) -> str | No
         raise ValueError(
             f"{what} must be a non-empty string of at most {MAX_NAME_LENGTH} characters"
         )
+    if holds_key(value):
+        raise ValueError(f"{what} must not hold an API key (the value is not shown)")
+    if _CONTROL_RE.search(value):
+        raise ValueError(f"{what} must not hold control characters")
     return value.strip()
 
 
@@ -701,7 +711,9 @@ class SQLAlchemyKeyStore:
         :raises ValueError: on a bad name, type, scope, owner or expiry.
         """
         if key_type not in KEY_TYPES:
-            raise ValueError(f"key_type must be one of {', '.join(KEY_TYPES)}, not {key_type!r}")
+            raise ValueError(
+                f"key_type must be one of {', '.join(KEY_TYPES)}, not {shown_safely(str(key_type))}"
+            )
         return self._issue(
             t.cast(str, _check_name("name", name)),
             key_type,
@@ -847,15 +859,21 @@ class SQLAlchemyKeyStore:
 
     # -- usage -----------------------------------------------------------
 
-    def record_usage(self, records: Sequence[UsageRecord]) -> None:
+    def record_usage(
+        self, records: Sequence[UsageRecord], *, last_used: Mapping[str, datetime] | None = None
+    ) -> None:
         """Write logged requests in one transaction and move each key's
-        ``last_used_at`` forward to its latest request."""
+        ``last_used_at`` forward: to its time in ``last_used`` (the usage
+        writer gives the latest accepted request of each key), or without
+        it to the latest of its records."""
         if not records:
             return
-        latest: dict[str, datetime] = {}
-        for record in records:
-            if record.key_id not in latest or latest[record.key_id] < record.occurred_at:
-                latest[record.key_id] = record.occurred_at
+        if last_used is None:
+            latest: dict[str, datetime] = {}
+            for record in records:
+                if record.key_id not in latest or latest[record.key_id] < record.occurred_at:
+                    latest[record.key_id] = record.occurred_at
+            last_used = latest
         with self.engine.begin() as connection:
             dialect = connection.dialect
             statement, positional = _usage_insert(dialect)
@@ -882,10 +900,11 @@ class SQLAlchemyKeyStore:
             )
             # Sorted, so that writers in several processes lock rows in one
             # order and cannot deadlock one another.
-            connection.execute(
-                _TOUCH_QUERY,
-                [{"touch_id": key, "touch_at": latest[key]} for key in sorted(latest)],
-            )
+            if last_used:
+                connection.execute(
+                    _TOUCH_QUERY,
+                    [{"touch_id": key, "touch_at": last_used[key]} for key in sorted(last_used)],
+                )
 
     def usage(
         self, key_id: str, *, since: datetime | None = None, limit: int | None = None
