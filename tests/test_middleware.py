@@ -19,6 +19,8 @@ from apikey_middleware import (
 )
 from apikey_middleware.keys import generate_key
 
+from .conftest import Statements
+
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
@@ -178,7 +180,6 @@ INVALID_HEADERS = [
     pytest.param(lambda k: "Bearer " + k * 2000, id="absurdly-long"),
     pytest.param(lambda k: "Bearer " + "A" * 57, id="right-length-garbage"),
     pytest.param(lambda k: "Bearer a=b, c=d", id="auth-params"),
-    pytest.param(lambda k: "Bearer " + generate_key("live").key, id="unknown-id"),
 ]
 
 
@@ -187,13 +188,25 @@ def test_bad_key_is_invalid_before_any_database_work(
     client: Client,
     app: RecordingApp,
     reader: IssuedKey,
+    sqlite_store: SQLAlchemyKeyStore,
     header: t.Callable[[str], str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    statements = Statements(sqlite_store)
     response = client.get("/v1/clients", headers={"Authorization": header(reader.key)})
     assert_refused(response, 401, INVALID, 'Bearer realm="api", error="invalid_token"')
+    assert statements.seen == []
     assert app.environs == []
     assert reader.key not in response.get_data(as_text=True)
+
+
+def test_unknown_id_is_invalid_after_one_read(
+    client: Client, app: RecordingApp, sqlite_store: SQLAlchemyKeyStore
+) -> None:
+    statements = Statements(sqlite_store)
+    response = client.get("/v1/clients", headers=bearer(generate_key("live").key))
+    assert_refused(response, 401, INVALID, 'Bearer realm="api", error="invalid_token"')
+    assert statements.key_reads == 1
+    assert app.environs == []
 
 
 def test_scheme_is_case_insensitive_and_spaces_may_repeat(
@@ -264,24 +277,35 @@ def test_star_scope_covers_everything(client: Client, sqlite_store: SQLAlchemyKe
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "status"),
+    ("method", "path", "status", "unscoped_status"),
     [
-        pytest.param("GET", "/v1/clients", 200, id="get-read"),
-        pytest.param("HEAD", "/v1/clients", 200, id="head-follows-get"),
-        pytest.param("GET", "/v1/clients/", 200, id="trailing-slash-same-rule"),
-        pytest.param("POST", "/v1/clients/", 403, id="trailing-slash-still-guarded"),
-        pytest.param("POST", "/v1//clients", 403, id="doubled-slashes-still-guarded"),
-        pytest.param("DELETE", "/v1/clients/3", 403, id="delete-needs-delete"),
-        pytest.param("DELETE", "/v1/clients/abc", 200, id="converter-mismatch-falls-through"),
-        pytest.param("GET", "/elsewhere", 200, id="no-rule-needs-only-a-valid-key"),
-        pytest.param("PATCH", "/admin/x", 403, id="star-methods"),
+        pytest.param("GET", "/v1/clients", 200, 403, id="get-read"),
+        pytest.param("HEAD", "/v1/clients", 200, 403, id="head-follows-get"),
+        pytest.param("GET", "/v1/clients/", 200, 403, id="trailing-slash-same-rule"),
+        pytest.param("GET", "/v1//clients", 200, 403, id="doubled-slashes-same-rule"),
+        pytest.param("POST", "/v1/clients/", 403, 403, id="trailing-slash-still-guarded"),
+        pytest.param("POST", "/v1//clients", 403, 403, id="doubled-slashes-still-guarded"),
+        pytest.param("DELETE", "/v1/clients/3", 403, 403, id="delete-needs-delete"),
+        pytest.param("DELETE", "/v1/clients/abc", 200, 200, id="converter-mismatch-falls-through"),
+        pytest.param("GET", "/elsewhere", 200, 200, id="no-rule-needs-only-a-valid-key"),
+        pytest.param("PATCH", "/admin/x", 403, 403, id="star-methods"),
     ],
 )
 def test_first_matching_rule_decides(
-    client: Client, reader: IssuedKey, method: str, path: str, status: int
+    client: Client,
+    reader: IssuedKey,
+    sqlite_store: SQLAlchemyKeyStore,
+    method: str,
+    path: str,
+    status: int,
+    unscoped_status: int,
 ) -> None:
     response = client.open(path, method=method, headers=bearer(reader.key))
     assert response.status_code == status
+    # A key with no scope at all tells a matched rule from none.
+    unscoped = sqlite_store.create_key("unscoped")
+    response = client.open(path, method=method, headers=bearer(unscoped.key))
+    assert response.status_code == unscoped_status
 
 
 def test_rules_are_tried_in_order() -> None:
@@ -550,13 +574,25 @@ def test_misconfiguration_fails_at_construction(
 
 
 def test_flush_and_close_are_safe_to_call_twice(
-    app: RecordingApp, sqlite_store: SQLAlchemyKeyStore
+    app: RecordingApp, sqlite_store: SQLAlchemyKeyStore, reader: IssuedKey
 ) -> None:
     middleware = ApiKeyMiddleware(app, sqlite_store)
+    client = Client(middleware)
+    for _ in range(3):
+        client.get("/", headers=bearer(reader.key))
     middleware.flush()
     middleware.flush()
+    assert len(sqlite_store.usage(reader.id)) == 3  # written once, not twice
     middleware.close()
     middleware.close()
+    writer = middleware.usage
+    assert writer is not None
+    assert writer.pending == 0
+    assert writer._thread is None or not writer._thread.is_alive()
+    assert client.get("/", headers=bearer(reader.key)).status_code == 200
+    middleware.flush()
+    assert writer.dropped == 1  # a closed writer only counts what it can no longer log
+    assert len(sqlite_store.usage(reader.id)) == 3
 
 
 def test_response_iterable_of_the_app_is_passed_through(
