@@ -1,31 +1,51 @@
 """API-key authentication for any WSGI application."""
 
+from .backend import KeyBackend as KeyBackend
 from .errors import ApiKeyError as ApiKeyError
+from .errors import BadRequestError as BadRequestError
 from .errors import ForbiddenError as ForbiddenError
 from .errors import InvalidKeyError as InvalidKeyError
 from .errors import KeyNotFoundError as KeyNotFoundError
 from .errors import MissingKeyError as MissingKeyError
+from .errors import RejectedKeyError as RejectedKeyError
 from .errors import ServiceUnavailableError as ServiceUnavailableError
+from .errors import StoreError as StoreError
+from .errors import StoreUnavailableError as StoreUnavailableError
 from .errors import TooManyRequestsError as TooManyRequestsError
 from .middleware import ApiKeyMiddleware as ApiKeyMiddleware
 from .principal import Principal as Principal
-from .store import IssuedKey as IssuedKey
-from .store import KeyRecord as KeyRecord
+from .records import IssuedKey as IssuedKey
+from .records import KeyRecord as KeyRecord
+from .rules import RuleTable as RuleTable
+from .schema import UTCDateTime as UTCDateTime
+from .schema import metadata as metadata
 from .store import SQLAlchemyKeyStore as SQLAlchemyKeyStore
 from .throttle import FailureThrottle as FailureThrottle
+from .usage import UsageRecord as UsageRecord
+from .usage import UsageWriter as UsageWriter
 
 __all__ = [
     "ApiKeyError",
     "ApiKeyMiddleware",
+    "BadRequestError",
     "FailureThrottle",
     "ForbiddenError",
     "InvalidKeyError",
     "IssuedKey",
+    "KeyBackend",
     "KeyNotFoundError",
     "KeyRecord",
     "MissingKeyError",
     "Principal",
+    "RejectedKeyError",
+    "RuleTable",
     "SQLAlchemyKeyStore",
     "ServiceUnavailableError",
+    "StoreError",
+    "StoreUnavailableError",
     "TooManyRequestsError",
+    "UTCDateTime",
+    "UsageRecord",
+    "UsageWriter",
+    "metadata",
 ]

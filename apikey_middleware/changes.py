@@ -29,13 +29,30 @@ import time
 import typing as t
 import weakref
 
+import sqlalchemy as sa
+
 if t.TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
 
 logger = logging.getLogger("apikey_middleware")
 
 #: The PostgreSQL notification channel the store announces changes on.
 NOTIFY_CHANNEL = "apikey_changes"
+
+#: How a store learns of revocations and other changes (see the store).
+REVOCATION_MODES = ("immediate", "channel")
+Revocation = t.Literal["immediate", "channel"]
+
+
+def announce(connection: Connection, key_id: str) -> None:
+    """Tell channel-mode processes on PostgreSQL that ``key_id`` changed.
+
+    Sent inside the change's own transaction, so it is heard when that
+    commits, and not at all if it rolls back. Whatever mode the sender runs
+    in: ``apikey revoke`` must reach channel-mode servers.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, key_id)))
 
 
 class ChangeChannel:

@@ -20,9 +20,12 @@ from datetime import date, datetime, timedelta
 import click
 from sqlalchemy import exc
 
+from ._time import utcnow
 from .errors import KeyNotFoundError
 from .keys import KEY_TYPES, holds_key, redact_keys, shown_safely
-from .store import IssuedKey, KeyRecord, SQLAlchemyKeyStore, UsageRecord, utcnow
+from .records import IssuedKey, KeyRecord
+from .store import SQLAlchemyKeyStore
+from .usage import UsageRecord
 
 DEFAULT_DATABASE_URL = "sqlite:///apikeys.db"
 _STORE_FACTORY = "apikey_middleware.store_factory"
@@ -421,16 +424,10 @@ for _command in COMMANDS:
     main.add_command(_command)
 
 
-def flask_group() -> click.Group:
-    """The same commands as a Flask ``AppGroup`` on the app's store."""
-    from flask import current_app
+def flask_group(app_store: Callable[[], SQLAlchemyKeyStore]) -> click.Group:
+    """The same commands as a Flask ``AppGroup``, on the store ``app_store``
+    returns (called inside the app context)."""
     from flask.cli import AppGroup, with_appcontext
-
-    def app_store() -> SQLAlchemyKeyStore:
-        state = current_app.extensions.get("apikeys")
-        if state is None:
-            raise click.ClickException("ApiKeys is not set up on this app")
-        return t.cast(SQLAlchemyKeyStore, state.store)
 
     # The commands are shared with ``apikey``, so the app context that
     # AppGroup.command would give each is pushed once, here, for them all.

@@ -1,13 +1,26 @@
-"""Why a request was refused, and the exact response each reason gets.
+"""The package's exceptions, under two roots.
 
-Every reason is an :class:`ApiKeyError`. Its ``code``, ``status`` and
-``message`` are the public contract; :meth:`ApiKeyError.get_response` builds
-the JSON response from them, and the instance is itself a WSGI application
-that sends it, like Werkzeug's HTTP exceptions. The middleware and the Flask
-decorator both answer through these objects, so their responses are the
-same byte for byte.
+- :class:`ApiKeyError`: why a request was refused, and the exact response
+  it gets. Its ``code``, ``status`` and ``message`` are the public contract;
+  the instance is itself a WSGI application that sends that response, like
+  Werkzeug's HTTP exceptions, so the middleware and the Flask decorator
+  answer byte for byte alike.
 
-No message or attribute here ever contains a key.
+  - :class:`BadRequestError` (400), :class:`MissingKeyError` (401),
+    :class:`InvalidKeyError` (401; :class:`RejectedKeyError` for a known
+    id), :class:`ForbiddenError` (403), :class:`TooManyRequestsError`
+    (429), :class:`ServiceUnavailableError` (503).
+
+- :class:`StoreError`: what a key store reports, knowing nothing of HTTP.
+
+  - :class:`StoreUnavailableError`: the store could not answer; the
+    middleware turns it into a :class:`ServiceUnavailableError`.
+  - :class:`KeyNotFoundError` (also a :class:`LookupError`): no key has
+    that id.
+
+A key store's ``authenticate`` raises :class:`InvalidKeyError` for a key it
+refuses and :class:`StoreUnavailableError` when it cannot tell. No message
+or attribute here ever contains a key.
 """
 
 from __future__ import annotations
@@ -18,10 +31,10 @@ import typing as t
 from collections.abc import Iterable
 
 from werkzeug.http import HTTP_STATUS_CODES
-from werkzeug.wrappers import Response
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from werkzeug.wrappers import Response
 
 REALM = "api"
 
@@ -39,15 +52,13 @@ def _bearer_challenge(**params: str) -> str:
 
 
 class ApiKeyError(Exception):
-    """A request that cannot go on: the root of every refusal.
+    """A request that cannot go on: the root of every refusal."""
 
-    :attr code: the ``error.code`` of the JSON body, such as ``UNAUTHORIZED``.
-    :attr status: the HTTP status code.
-    :attr message: the ``error.message`` of the JSON body; also ``str()``.
-    """
-
+    #: The ``error.code`` of the JSON body, such as ``UNAUTHORIZED``.
     code: t.ClassVar[str]
+    #: The HTTP status code.
     status: t.ClassVar[int]
+    #: The ``error.message`` of the JSON body; also ``str()``.
     message: t.ClassVar[str]
 
     def __init__(self) -> None:
@@ -70,6 +81,8 @@ class ApiKeyError(Exception):
 
     def get_response(self) -> Response:
         """Build the response this refusal is answered with."""
+        from werkzeug.wrappers import Response
+
         return Response(self.body, self.status, self.get_headers())
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -120,6 +133,7 @@ class RejectedKeyError(InvalidKeyError):
 
     def __init__(self, key_id: str) -> None:
         super().__init__()
+        #: The public id of the refused key.
         self.key_id = key_id
 
     def __repr__(self) -> str:
@@ -127,11 +141,7 @@ class RejectedKeyError(InvalidKeyError):
 
 
 class ForbiddenError(ApiKeyError):
-    """A valid key that lacks a needed scope or is of a refused type.
-
-    :attr scopes: the scopes the request needed, named in the
-        ``WWW-Authenticate`` header (RFC 6750 §3).
-    """
+    """A valid key that lacks a needed scope or is of a refused type."""
 
     code = "FORBIDDEN"
     status = 403
@@ -139,6 +149,8 @@ class ForbiddenError(ApiKeyError):
 
     def __init__(self, scopes: Iterable[str] = ()) -> None:
         super().__init__()
+        #: The scopes the request needed, named in the ``WWW-Authenticate``
+        #: header (RFC 6750 §3).
         self.scopes: tuple[str, ...] = tuple(scopes)
 
     def __repr__(self) -> str:
@@ -162,6 +174,7 @@ class BadRequestError(ApiKeyError):
 class _RetryLaterError(ApiKeyError):
     def __init__(self, retry_after: int) -> None:
         super().__init__()
+        #: Seconds the client should wait, sent as ``Retry-After``.
         self.retry_after = retry_after
 
     def __repr__(self) -> str:
@@ -190,17 +203,30 @@ class TooManyRequestsError(_RetryLaterError):
     message = "Too many failed authentication attempts, please retry later"
 
 
-class KeyNotFoundError(LookupError):
-    """No key has this id.
+class StoreError(Exception):
+    """What a key store reports: the root of the store's own errors."""
 
-    :attr key_id: the public id that was asked for.
-    """
+
+class StoreUnavailableError(StoreError):
+    """The store could not answer (the database is down, slow, locked,
+    missing its tables, or too many bcrypt checks were waiting)."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or "the key store could not answer")
+        #: What went wrong, in one line, for logs (never a key).
+        self.detail = detail
+
+
+class KeyNotFoundError(StoreError, LookupError):
+    """No key has this id."""
 
     def __init__(self, key_id: str) -> None:
         # A whole key pasted by mistake for its id is never repeated.
         if "sk_test_" in key_id or "sk_live_" in key_id:
             message = "no API key with that id (give the key id, not the key itself)"
+            key_id = "(a key, not shown)"
         else:
             message = f"no API key with id {key_id[:40]!r}"
         super().__init__(message)
+        #: The public id that was asked for.
         self.key_id = key_id

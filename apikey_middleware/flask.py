@@ -13,7 +13,7 @@ import functools
 import inspect
 import os
 import typing as t
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Flask, current_app, has_request_context, request
@@ -22,38 +22,22 @@ from werkzeug.wrappers import Response
 
 from .cli import flask_group
 from .errors import ApiKeyError, ForbiddenError, MissingKeyError
-from .hashing import DEFAULT_ROUNDS
-from .keys import KEY_TYPES
-from .middleware import ERROR_ENVIRON_KEY, ApiKeyMiddleware
+from .middleware import ERROR_ENVIRON_KEY, PRINCIPAL_ENVIRON_KEY, ApiKeyMiddleware
 from .principal import Principal, normalize_scopes
-from .store import DEFAULT_CACHE_SIZE, SQLAlchemyKeyStore
+from .settings import SETTINGS, Settings
+from .store import SQLAlchemyKeyStore
 from .throttle import FailureThrottle
 
+#: Where the extension keeps its state: ``app.extensions["apikeys"]``.
 EXTENSION_KEY = "apikeys"
-PRINCIPAL_ENVIRON_KEY = "apikey.principal"
 
 F = t.TypeVar("F", bound=Callable[..., t.Any])
-
-# How the store's ValueErrors begin -> the setting to blame.
-_STORE_ERRORS = (
-    ("bcrypt rounds", "APIKEY_BCRYPT_ROUNDS"),
-    ("cache size", "APIKEY_CACHE_SIZE"),
-    ("revocation", "APIKEY_REVOCATION"),
-    ("poll_interval", "APIKEY_POLL_INTERVAL"),
-)
 
 
 @dataclass(frozen=True)
 class _State:
     store: SQLAlchemyKeyStore
     middleware: ApiKeyMiddleware
-
-
-def _setting(app: Flask, name: str, kind: type | tuple[type, ...]) -> t.Any:
-    value = app.config[name]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise ValueError(f"{name} has the wrong type: {value!r}")
-    return value
 
 
 class ApiKeys:
@@ -125,86 +109,46 @@ class ApiKeys:
         """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("ApiKeys is already set up on this app")
-        config = app.config
-        config.setdefault("APIKEY_DATABASE_URL", None)
-        config.setdefault("APIKEY_BCRYPT_ROUNDS", DEFAULT_ROUNDS)
-        config.setdefault("APIKEY_PEPPER", None)
-        config.setdefault("APIKEY_CACHE_SIZE", DEFAULT_CACHE_SIZE)
-        config.setdefault("APIKEY_TIMEOUT", 5.0)
-        config.setdefault("APIKEY_KEY_TYPES", KEY_TYPES)
-        config.setdefault("APIKEY_HIDE_CREDENTIALS", False)
-        config.setdefault("APIKEY_PREFLIGHT", False)
-        config.setdefault("APIKEY_LOG_USAGE", True)
-        config.setdefault("APIKEY_REVOCATION", "immediate")
-        config.setdefault("APIKEY_POLL_INTERVAL", 1.0)
-        config.setdefault("APIKEY_THROTTLE_LIMIT", 0)
-        config.setdefault("APIKEY_THROTTLE_WINDOW", 60)
-
-        store = self._store if self._store is not None else self._make_store(app)
-        key_types = config["APIKEY_KEY_TYPES"]
-        if isinstance(key_types, str) or not isinstance(key_types, Iterable):
-            raise ValueError(f"APIKEY_KEY_TYPES must be a list of key types, not {key_types!r}")
-        key_types = tuple(key_types)
-        if not key_types or not set(key_types) <= set(KEY_TYPES):
-            raise ValueError(
-                f"APIKEY_KEY_TYPES must hold only {' and '.join(KEY_TYPES)}, not {key_types!r}"
-            )
-        limit = _setting(app, "APIKEY_THROTTLE_LIMIT", int)
-        window = _setting(app, "APIKEY_THROTTLE_WINDOW", (int, float))
-        try:
-            throttle = FailureThrottle(limit, window) if limit else None
-        except ValueError as error:
-            raise ValueError(f"APIKEY_THROTTLE_LIMIT/APIKEY_THROTTLE_WINDOW: {error}") from None
+        for name, (default, _) in SETTINGS.items():
+            app.config.setdefault(name, default)
+        settings = Settings.from_mapping(app.config)
+        store = self._store if self._store is not None else self._make_store(app, settings)
+        throttle = (
+            FailureThrottle(settings.throttle_limit, settings.throttle_window)
+            if settings.throttle_limit
+            else None
+        )
         middleware = ApiKeyMiddleware(
             app.wsgi_app,
             store,
             required=False,
-            key_types=key_types,
+            key_types=settings.key_types,
             environ_key=PRINCIPAL_ENVIRON_KEY,
-            hide_credentials=_setting(app, "APIKEY_HIDE_CREDENTIALS", bool),
-            preflight=_setting(app, "APIKEY_PREFLIGHT", bool),
-            log_usage=_setting(app, "APIKEY_LOG_USAGE", bool),
+            hide_credentials=settings.hide_credentials,
+            preflight=settings.preflight,
+            log_usage=settings.log_usage,
             throttle=throttle,
+            retry_after=settings.retry_after,
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = _State(store, middleware)
-        app.cli.add_command(flask_group())
+        app.cli.add_command(flask_group(lambda: _state().store))
 
     @staticmethod
-    def _make_store(app: Flask) -> SQLAlchemyKeyStore:
-        url = app.config["APIKEY_DATABASE_URL"]
+    def _make_store(app: Flask, settings: Settings) -> SQLAlchemyKeyStore:
+        url = settings.database_url
         if url is None:
             os.makedirs(app.instance_path, exist_ok=True)
             url = f"sqlite:///{os.path.join(app.instance_path, 'apikeys.db')}"
-        elif not isinstance(url, str):
-            raise ValueError(f"APIKEY_DATABASE_URL must be a string, not {type(url).__name__}")
-        pepper = app.config["APIKEY_PEPPER"]
-        if isinstance(pepper, str):
-            pepper = pepper.encode("utf-8")
-        elif pepper is not None and not isinstance(pepper, bytes):
-            raise ValueError("APIKEY_PEPPER must be bytes or str")
-        rounds = _setting(app, "APIKEY_BCRYPT_ROUNDS", int)
-        cache_size = _setting(app, "APIKEY_CACHE_SIZE", int)
-        timeout = _setting(app, "APIKEY_TIMEOUT", (int, float))
-        revocation = _setting(app, "APIKEY_REVOCATION", str)
-        poll_interval = _setting(app, "APIKEY_POLL_INTERVAL", (int, float))
-        try:
-            return SQLAlchemyKeyStore(
-                url,
-                bcrypt_rounds=rounds,
-                pepper=pepper,
-                cache_size=cache_size,
-                timeout=float(timeout),
-                revocation=revocation,
-                poll_interval=poll_interval,
-            )
-        except ValueError as error:
-            message = str(error)
-            setting = next(
-                (name for start, name in _STORE_ERRORS if message.startswith(start)),
-                "APIKEY_DATABASE_URL",
-            )
-            raise ValueError(f"{setting}: {message}") from None
+        return SQLAlchemyKeyStore(
+            url,
+            bcrypt_rounds=settings.bcrypt_rounds,
+            pepper=settings.pepper,
+            cache_size=settings.cache_size,
+            timeout=settings.timeout,
+            revocation=settings.revocation,
+            poll_interval=settings.poll_interval,
+        )
 
     @property
     def store(self) -> SQLAlchemyKeyStore:

@@ -16,21 +16,25 @@ from .errors import (
     MissingKeyError,
     RejectedKeyError,
     ServiceUnavailableError,
+    StoreUnavailableError,
     TooManyRequestsError,
 )
 from .keys import KEY_TYPES
 from .principal import Principal
 from .rules import AccessRule, RuleTable, Verdict
 from .throttle import FailureThrottle
-from .usage import UsageWriter
+from .usage import UsageSink, UsageWriter
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-    from .store import SQLAlchemyKeyStore
+    from .backend import KeyBackend
 
 logger = logging.getLogger("apikey_middleware")
 
+#: Where the principal of an authenticated request goes, unless told otherwise.
+PRINCIPAL_ENVIRON_KEY = "apikey.principal"
+#: Where the reason a key was refused goes, with ``required=False``.
 ERROR_ENVIRON_KEY = "apikey.error"
 
 # Headers with which clients ask an app to treat a request as another
@@ -72,7 +76,9 @@ class ApiKeyMiddleware:
         them in step with the app's own routes.
 
     :param app: the WSGI application to guard.
-    :param store: the key store that resolves keys.
+    :param store: the key store that resolves keys: a
+        :class:`~apikey_middleware.store.SQLAlchemyKeyStore`, or any
+        :class:`~apikey_middleware.backend.KeyBackend`.
     :param rules: ``(methods, path, scopes)`` entries; the first whose
         methods and Werkzeug rule path match decides the scopes a request
         needs. A path no rule matches needs a valid key and no scope. A rule
@@ -99,6 +105,8 @@ class ApiKeyMiddleware:
         interpreter exit).
     :param usage_writer: a :class:`~apikey_middleware.usage.UsageWriter`
         with other buffer settings.
+    :param retry_after: the ``Retry-After`` seconds of the 503 answered
+        while the store cannot answer.
     :param throttle: a :class:`~apikey_middleware.throttle.FailureThrottle`:
         a client address with too many invalid keys in its window gets 429
         with ``Retry-After`` for them, while its valid keys still pass. Off
@@ -125,18 +133,19 @@ class ApiKeyMiddleware:
     def __init__(
         self,
         app: WSGIApplication,
-        store: SQLAlchemyKeyStore,
+        store: KeyBackend,
         *,
         rules: Iterable[AccessRule] | RuleTable = (),
         public: Iterable[str] = (),
         required: bool = True,
         key_types: Iterable[str] = KEY_TYPES,
-        environ_key: str = "apikey.principal",
+        environ_key: str = PRINCIPAL_ENVIRON_KEY,
         hide_credentials: bool = False,
         preflight: bool = False,
         log_usage: bool = True,
         usage_writer: UsageWriter | None = None,
         throttle: FailureThrottle | None = None,
+        retry_after: int = 5,
     ) -> None:
         self.app = app
         self.store = store
@@ -155,8 +164,17 @@ class ApiKeyMiddleware:
         self.environ_key = environ_key
         self.hide_credentials = hide_credentials
         self.preflight = preflight
+        if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 1:
+            raise ValueError(f"retry_after must be a positive integer, not {retry_after!r}")
+        self.retry_after = retry_after
+        if log_usage and usage_writer is None:
+            if not callable(getattr(store, "record_usage", None)):
+                raise ValueError(
+                    "this key store keeps no usage log: give log_usage=False or a usage_writer"
+                )
+            usage_writer = UsageWriter(t.cast(UsageSink, store))
         #: Where requests with a known key id are logged (``None``: nowhere).
-        self.usage = (usage_writer or UsageWriter(store)) if log_usage else None
+        self.usage = usage_writer if log_usage else None
         self.throttle = throttle
 
     def __repr__(self) -> str:
@@ -181,12 +199,16 @@ class ApiKeyMiddleware:
     def authenticate(self, environ: WSGIEnvironment) -> Principal:
         """Return the principal of the request's key.
 
-        :raises ApiKeyError: no key, or not a valid one, or the store failed.
+        :raises ApiKeyError: no key, or not a valid one, or the store could
+            not answer (:class:`ServiceUnavailableError`).
         """
         token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
         if token is None:
             raise MissingKeyError
-        return self.store.authenticate(token)
+        try:
+            return self.store.authenticate(token)
+        except StoreUnavailableError:
+            raise ServiceUnavailableError(self.retry_after) from None
 
     def authorize(self, principal: Principal, scopes: Sequence[str]) -> None:
         """Check that ``principal`` may make a request that needs ``scopes``.
@@ -237,7 +259,7 @@ class ApiKeyMiddleware:
             logger.exception("API key check failed unexpectedly, refusing the request")
             if throttle is not None:
                 throttle.succeeded(address)
-            fault = ServiceUnavailableError(self.store.retry_after)
+            fault = ServiceUnavailableError(self.retry_after)
             return self._refuse(fault, None, environ, start_response)
         if throttle is not None:
             throttle.succeeded(address)

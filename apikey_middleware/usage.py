@@ -20,12 +20,36 @@ import weakref
 from collections import deque
 from datetime import UTC, datetime
 
-from .store import MAX_PATH_LENGTH, UsageRecord
+from .schema import MAX_PATH_LENGTH
 
 if t.TYPE_CHECKING:
-    from .store import SQLAlchemyKeyStore
+    from collections.abc import Mapping, Sequence
 
 logger = logging.getLogger("apikey_middleware")
+
+
+class UsageRecord(t.NamedTuple):
+    """One logged request of a key.
+
+    A named tuple in the column order of the usage table, so that a batch
+    of them goes to the database as it is.
+    """
+
+    key_id: str
+    occurred_at: datetime
+    method: str
+    path: str
+    status: int
+    remote_addr: str | None
+
+
+class UsageSink(t.Protocol):
+    """Where a :class:`UsageWriter` writes: a key store, or anything with
+    the same ``record_usage``."""
+
+    def record_usage(
+        self, records: Sequence[UsageRecord], *, last_used: Mapping[str, datetime] | None = None
+    ) -> None: ...
 
 
 # A logged request as the request thread leaves it: the time as a float, made
@@ -56,7 +80,7 @@ def _call_if_alive(reference: weakref.ref[UsageWriter], method: str) -> None:
 class UsageWriter:
     """Buffers usage rows and writes them to ``store`` in batches.
 
-    :param store: where the rows go.
+    :param store: where the rows go (its ``record_usage``).
     :param max_pending: the most rows held in memory; more are dropped and
         counted.
     :param max_pending_bytes: the most memory those rows may take, roughly;
@@ -69,7 +93,7 @@ class UsageWriter:
 
     def __init__(
         self,
-        store: SQLAlchemyKeyStore,
+        store: UsageSink,
         *,
         max_pending: int = 100_000,
         max_pending_bytes: int = 32 * 1024 * 1024,
@@ -117,6 +141,12 @@ class UsageWriter:
     def pending(self) -> int:
         """Rows buffered and not yet written (a write under way included)."""
         return len(self._pending) + self._in_flight
+
+    @property
+    def running(self) -> bool:
+        """Whether the writer thread is alive (it starts with the first row)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     @property
     def pending_bytes(self) -> int:

@@ -15,7 +15,7 @@ from flask import Flask
 
 from apikey_middleware import ApiKeyMiddleware, SQLAlchemyKeyStore
 from apikey_middleware.flask import ApiKeys, require_scopes
-from apikey_middleware.store import ApiKey
+from apikey_middleware.schema import ApiKey
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

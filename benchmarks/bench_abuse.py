@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from apikey_middleware import ApiKeyMiddleware, FailureThrottle, SQLAlchemyKeyStore
 from apikey_middleware.keys import _checksum, generate_key
-from apikey_middleware.store import ApiKey
+from apikey_middleware.schema import ApiKey
 
 from ._table import Table, paired
 from .apps import hello_app
@@ -186,7 +186,7 @@ def memory_child(url: str, count: int) -> None:
                 "before": before,
                 "marks": marks,
                 "seconds": time.perf_counter() - started,
-                "rows": len(store._rows),
+                "rows": store.verifier.rows_cached,
                 "addresses": len(throttle),
             }
         )

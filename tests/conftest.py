@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from apikey_middleware import SQLAlchemyKeyStore
-from apikey_middleware.store import metadata
+from apikey_middleware.schema import metadata
 
 SERVER_URL_VARIABLES = {
     "postgresql": "APIKEY_TEST_POSTGRES_URL",

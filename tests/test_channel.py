@@ -70,11 +70,14 @@ def test_the_channel_suits_the_database(reader: SQLAlchemyKeyStore) -> None:
 def test_a_row_is_read_once_while_nothing_changes(
     reader: SQLAlchemyKeyStore, admin: SQLAlchemyKeyStore
 ) -> None:
-    key = parsed(admin.create_key("n").key)
-    unknown = generate_key("test")
-    reads = Statements(reader)
     channel = reader.channel
     assert channel is not None
+    before = channel.token()
+    key = parsed(admin.create_key("n").key)
+    if isinstance(channel, PostgresNotifications):
+        wait_until(lambda: channel.token() != before)  # the creation is heard first
+    unknown = generate_key("test")
+    reads = Statements(reader)
     tokens = set()
     for _ in range(20):
         tokens.add(channel.token())
@@ -128,7 +131,7 @@ def test_expiry_is_checked_on_every_request(
 ) -> None:
     from datetime import timedelta
 
-    from apikey_middleware.store import utcnow
+    from apikey_middleware._time import utcnow
 
     issued = admin.create_key("n", expires_at=utcnow() + timedelta(seconds=1))
     key = parsed(issued.key)
@@ -192,7 +195,7 @@ def test_rows_kept_are_bounded(tmp_path: t.Any) -> None:
     store.create_schema()
     for _ in range(500):
         assert not accepts(store, generate_key("test"))
-    assert len(store._rows) == 50
+    assert store.verifier.rows_cached == 50
     store.close()
 
 

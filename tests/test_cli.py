@@ -17,7 +17,7 @@ from apikey_middleware import SQLAlchemyKeyStore
 from apikey_middleware.cli import main, parse_duration
 from apikey_middleware.flask import ApiKeys
 from apikey_middleware.keys import parse_key
-from apikey_middleware.store import UsageRecord
+from apikey_middleware.usage import UsageRecord
 
 from .conftest import TEST_ROUNDS
 

@@ -229,19 +229,28 @@ def expected(
 
 def draw_environ(setup: Setup, data: st.DataObject) -> dict[str, t.Any]:
     key = setup.keys[data.draw(st.integers(0, len(setup.keys) - 1))].key
-    authorization = data.draw(
-        st.one_of(
-            st.none(),
-            LATIN1,
-            st.builds(lambda scheme, token: f"{scheme}{token}", st.sampled_from(
-                ["Bearer ", "bearer  ", "BEARER\t", "Basic ", "Bearer", "", " Bearer "]), LATIN1),
-            st.just(mutate(key, data)).map(lambda token: f"Bearer {token}"),
-            st.just(key).map(lambda token: f"Bearer {token}"),
-        )
-    )  # fmt: skip
+    if data.draw(st.booleans()):
+        # Half the time a well-formed request with a real key, so that the
+        # answers that need one (200, 403, 503) are met as often as refusals.
+        authorization = f"Bearer {key}"
+        method = data.draw(st.sampled_from(["GET", "POST", "HEAD", "DELETE"]))
+        path = data.draw(st.sampled_from(["/v1/clients", "/v1/clients/7", "/v1//clients", "/x"]))
+    else:
+        authorization = data.draw(
+            st.one_of(
+                st.none(),
+                LATIN1,
+                st.builds(lambda scheme, token: f"{scheme}{token}", st.sampled_from(
+                    ["Bearer ", "bearer  ", "BEARER\t", "Basic ", "Bearer", "", " Bearer "]),
+                    LATIN1),
+                st.just(mutate(key, data)).map(lambda token: f"Bearer {token}"),
+            )
+        )  # fmt: skip
+        method = data.draw(st.one_of(st.sampled_from(METHODS), LATIN1))
+        path = data.draw(st.one_of(st.sampled_from(PATHS), LATIN1))
     environ: dict[str, t.Any] = {
-        "REQUEST_METHOD": data.draw(st.one_of(st.sampled_from(METHODS), LATIN1)),
-        "PATH_INFO": data.draw(st.one_of(st.sampled_from(PATHS), LATIN1)),
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
         "QUERY_STRING": data.draw(LATIN1),
         "SERVER_NAME": "localhost",
         "SERVER_PORT": "80",

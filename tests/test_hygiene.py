@@ -22,7 +22,7 @@ from apikey_middleware import (
 )
 from apikey_middleware.cli import main
 from apikey_middleware.keys import parse_key
-from apikey_middleware.store import metadata
+from apikey_middleware.schema import metadata
 from apikey_middleware.usage import UsageWriter
 
 from .test_middleware import RecordingApp, bearer

@@ -9,7 +9,7 @@ import pytest
 
 from apikey_middleware import InvalidKeyError, KeyNotFoundError, SQLAlchemyKeyStore
 from apikey_middleware.keys import ParsedKey, parse_key
-from apikey_middleware.store import UsageRecord
+from apikey_middleware.usage import UsageRecord
 
 
 def parsed(key: str) -> ParsedKey:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from apikey_middleware.store import metadata
+from apikey_middleware.schema import metadata
 
 from .conftest import server_url
 from .servers import Gunicorn, apikey, gunicorn, request

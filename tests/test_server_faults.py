@@ -24,7 +24,7 @@ from werkzeug.test import Client
 
 from apikey_middleware import ApiKeyMiddleware, SQLAlchemyKeyStore
 from apikey_middleware.keys import parse_key
-from apikey_middleware.store import metadata
+from apikey_middleware.schema import metadata
 from apikey_middleware.usage import UsageWriter
 from examples import legacy_app
 
@@ -297,14 +297,12 @@ def serve_through_outage(
     time.sleep(1.5)  # several failed write attempts by the writer thread
     assert writer.written == 3
     assert writer.pending == 5
-    thread = writer._thread
-    assert thread is not None
-    assert thread.is_alive()
+    assert writer.running
 
     end()
     wait_until(lambda: writer.written == 8, timeout=20)
     assert writer.dropped == 0
-    assert thread.is_alive()
+    assert writer.running
 
 
 def test_usage_writes_outlive_a_postgres_outage_without_failing_requests(

@@ -14,7 +14,7 @@ from apikey_middleware import (
     SQLAlchemyKeyStore,
 )
 from apikey_middleware.keys import generate_key, parse_key
-from apikey_middleware.store import ApiKey, metadata
+from apikey_middleware.schema import ApiKey, metadata
 
 from .conftest import TEST_ROUNDS
 

@@ -9,9 +9,10 @@ import pytest
 import sqlalchemy as sa
 
 from apikey_middleware import InvalidKeyError, SQLAlchemyKeyStore
+from apikey_middleware._time import utcnow
 from apikey_middleware.hashing import KeyHasher
 from apikey_middleware.keys import generate_key
-from apikey_middleware.store import ApiKey, utcnow
+from apikey_middleware.schema import ApiKey
 
 from .conftest import TEST_ROUNDS
 from .legacy_schema import fill_0_1, legacy_metadata

@@ -17,8 +17,7 @@ from werkzeug.test import Client
 from apikey_middleware import ApiKeyMiddleware, IssuedKey, SQLAlchemyKeyStore
 from apikey_middleware.flask import ApiKeys, require_scopes
 from apikey_middleware.keys import generate_key
-from apikey_middleware.store import UsageRecord
-from apikey_middleware.usage import UsageWriter
+from apikey_middleware.usage import UsageRecord, UsageWriter
 
 from .conftest import TEST_ROUNDS
 from .test_middleware import RecordingApp, bearer
@@ -173,8 +172,8 @@ def test_close_is_safe_twice_and_later_rows_are_counted_as_dropped(
 def test_buffer_is_bounded_and_drops_are_counted_and_reported(
     sqlite_store: SQLAlchemyKeyStore, key: IssuedKey, caplog: pytest.LogCaptureFixture
 ) -> None:
-    writer = UsageWriter(sqlite_store, max_pending=5, interval=60, batch_size=100)
-    writer._start = lambda: None  # type: ignore[method-assign]  # keep the thread out of it
+    # The writer's thread wakes only after an hour or 100 rows: not meanwhile.
+    writer = UsageWriter(sqlite_store, max_pending=5, interval=3600, batch_size=100)
     for _ in range(8):
         writer.record(key.id, "GET", "/", 200, None)
     assert writer.dropped == 3
@@ -255,8 +254,11 @@ for _ in range(3):
 def test_rows_are_cut_when_recorded_and_the_buffer_is_bounded_in_bytes(
     sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
 ) -> None:
-    writer = UsageWriter(sqlite_store, max_pending_bytes=1_000_000, interval=60)
-    writer._start = lambda: None  # type: ignore[method-assign]  # nothing is written meanwhile
+    # Nothing is written meanwhile: the thread wakes after an hour or a
+    # batch larger than the buffer can hold.
+    writer = UsageWriter(
+        sqlite_store, max_pending_bytes=1_000_000, interval=3600, batch_size=100_000
+    )
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]

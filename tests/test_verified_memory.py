@@ -3,18 +3,29 @@ checks at once are bounded; the row is still read every time."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import threading
 import time
+import types
+from collections.abc import Iterator
 
 import bcrypt
 import pytest
 import sqlalchemy as sa
+from werkzeug.test import Client
 
-from apikey_middleware import InvalidKeyError, ServiceUnavailableError, SQLAlchemyKeyStore
+from apikey_middleware import (
+    ApiKeyMiddleware,
+    InvalidKeyError,
+    SQLAlchemyKeyStore,
+    StoreUnavailableError,
+)
 from apikey_middleware.keys import ParsedKey, generate_key, parse_key
-from apikey_middleware.store import ApiKey
+from apikey_middleware.schema import ApiKey
 
 from .conftest import TEST_ROUNDS, Statements
+from .test_middleware import RecordingApp, bearer
 
 
 class CountingCheckpw:
@@ -111,7 +122,7 @@ def test_failure_memory_is_bounded(sqlite_url: str, checkpw: CountingCheckpw) ->
         with pytest.raises(InvalidKeyError):
             store.authenticate(generate_key("test", issued.id))
     assert checkpw.calls == 10
-    assert len(store._failed) == 3
+    assert store.verifier.failures_remembered == 3
     store.close()
 
 
@@ -152,17 +163,36 @@ def test_bcrypt_checks_at_once_are_bounded(
     store.close()
 
 
-def test_a_bcrypt_check_that_waits_too_long_is_a_503(sqlite_url: str) -> None:
+def test_a_bcrypt_check_that_waits_too_long_is_refused_as_unavailable(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = SQLAlchemyKeyStore(
-        sqlite_url, bcrypt_rounds=TEST_ROUNDS, bcrypt_concurrency=1, timeout=0.1
+        sqlite_url, bcrypt_rounds=TEST_ROUNDS, bcrypt_concurrency=1, timeout=0.2
     )
     store.create_schema()
-    issued = store.create_key("n")
-    store._bcrypt_slots.acquire()  # another check holds the only slot
-    with pytest.raises(ServiceUnavailableError):
-        store.authenticate(parsed(issued.key))
-    store._bcrypt_slots.release()
-    assert store.authenticate(parsed(issued.key)).key_id == issued.id
+    first, second = store.create_key("first"), store.create_key("second")
+    release = threading.Event()
+    checkpw = bcrypt.checkpw
+
+    def held(password: bytes, hashed: bytes) -> bool:
+        release.wait(10)  # another check holds the only slot
+        return bool(checkpw(password, hashed))
+
+    monkeypatch.setattr(bcrypt, "checkpw", held)
+    holder = threading.Thread(target=store.authenticate, args=(first.key,))
+    holder.start()
+    time.sleep(0.1)
+    with pytest.raises(StoreUnavailableError):
+        store.authenticate(parsed(second.key))
+    release.set()
+    holder.join()
+    assert store.authenticate(parsed(second.key)).key_id == second.id
+    assert (
+        Client(ApiKeyMiddleware(RecordingApp(), store))
+        .get("/", headers=bearer(first.key))
+        .status_code
+        == 200
+    )
     store.close()
 
 
@@ -202,7 +232,7 @@ def test_memory_is_bounded(sqlite_url: str, checkpw: CountingCheckpw) -> None:
         store.authenticate(key)
     store.authenticate(keys[0])  # forgotten: the oldest of three in a memory of two
     assert checkpw.calls == 4
-    assert len(store._verified) == 2
+    assert store.verifier.remembered == 2
     store.close()
 
 
@@ -216,12 +246,41 @@ def test_cache_size_zero_runs_bcrypt_every_time(sqlite_url: str, checkpw: Counti
     store.close()
 
 
+_CODE = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType)
+
+
+def _strings_reachable_from(root: object, limit: int = 500_000) -> Iterator[str]:
+    """Every string the object graph under ``root`` holds (modules, types
+    and functions are not followed: they are code, not state)."""
+    seen = {id(root)}
+    todo = [root]
+    while todo and len(seen) < limit:
+        item = todo.pop()
+        if isinstance(item, str):
+            yield item
+            continue
+        if isinstance(item, bytes):
+            yield item.decode("latin-1")
+            continue
+        if isinstance(
+            item, types.ModuleType | type | types.FunctionType | types.BuiltinFunctionType
+        ):
+            continue
+        for referent in gc.get_referents(item):
+            if id(referent) not in seen:
+                seen.add(id(referent))
+                todo.append(referent)
+
+
 def test_memory_holds_no_key(sqlite_store: SQLAlchemyKeyStore) -> None:
     issued = sqlite_store.create_key("n")
-    sqlite_store.authenticate(parsed(issued.key))
-    remembered = repr(list(sqlite_store._verified._data.items()))
-    assert issued.key not in remembered
-    assert issued.key[23:-6] not in remembered
+    for token in (issued.key, generate_key("test", issued.id).key):
+        with contextlib.suppress(InvalidKeyError):
+            sqlite_store.authenticate(token)
+    assert sqlite_store.verifier.remembered == 1
+    secret = issued.key[23:-6]
+    held = [text for text in _strings_reachable_from(sqlite_store) if secret in text]
+    assert held == []
 
 
 @pytest.mark.parametrize("size", [-1, "10", 1.5])
@@ -258,7 +317,7 @@ def test_a_remembered_key_is_refused_once_it_expires(
 ) -> None:
     from datetime import timedelta
 
-    from apikey_middleware.store import utcnow
+    from apikey_middleware._time import utcnow
 
     issued = sqlite_store.create_key("n", expires_at=utcnow() + timedelta(seconds=0.5))
     assert sqlite_store.authenticate(issued.key).key_id == issued.id

@@ -1,0 +1,87 @@
+"""The engine a store makes from a URL: every wait bounded by its timeout."""
+
+from __future__ import annotations
+
+import math
+import typing as t
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.engine import Engine
+
+from ._watchdog import StatementWatchdog
+
+
+def _sqlite_on_connect(dbapi_connection: t.Any, connection_record: t.Any) -> None:
+    # WAL lets readers go on while a revoke writes; foreign keys are off in
+    # SQLite unless asked for.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _server_connect_args(parsed: sa.URL, timeout: float) -> dict[str, t.Any]:
+    """Driver options that bound every wait on a database server by ``timeout``."""
+    seconds = max(1, math.ceil(timeout))
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        # The server ends a statement that runs, or waits for a lock, too
+        # long; the watchdog (below) covers a connection that stops answering.
+        milliseconds = max(1, round(timeout * 1000))
+        options = f"-c statement_timeout={milliseconds} -c lock_timeout={milliseconds}"
+        given = parsed.query.get("options")
+        if isinstance(given, str) and given:
+            options = f"{given} {options}"
+        return {"connect_timeout": seconds, "options": options}
+    if backend in ("mysql", "mariadb"):
+        args: dict[str, t.Any] = {
+            "connect_timeout": seconds,
+            "read_timeout": seconds,
+            "write_timeout": seconds,
+        }
+        if "init_command" not in parsed.query:
+            args["init_command"] = (
+                f"SET SESSION lock_wait_timeout = {seconds}, innodb_lock_wait_timeout = {seconds}"
+            )
+        return args
+    return {"connect_timeout": seconds}
+
+
+def create_store_engine(url: str | sa.URL, *, timeout: float = 5.0) -> Engine:
+    """Create an engine from ``url`` set up for the store.
+
+    Every wait is bounded by about ``timeout`` seconds, so that a fault
+    becomes a quick 503 rather than a hung request: connecting, waiting for
+    the pool, and waiting on a locked SQLite file; on PostgreSQL a
+    statement or lock wait (``statement_timeout``, ``lock_timeout``) and a
+    connection that stops answering (a watchdog cuts it); on MySQL and
+    MariaDB lock waits and reads and writes on the connection.
+
+    :raises ValueError: if the URL cannot be parsed or has no driver here.
+    """
+    try:
+        parsed = sa.make_url(url)
+    except exc.ArgumentError:
+        raise ValueError("cannot parse the database URL") from None
+    shown = parsed.render_as_string(hide_password=True)
+    backend = parsed.get_backend_name()
+    in_memory = backend == "sqlite" and parsed.database in (None, "", ":memory:")
+    options: dict[str, t.Any] = {} if in_memory else {"pool_timeout": timeout}
+    if backend == "sqlite":
+        options["connect_args"] = {"timeout": timeout}
+    elif backend in ("postgresql", "mysql", "mariadb"):
+        options["connect_args"] = _server_connect_args(parsed, timeout)
+    try:
+        engine = sa.create_engine(parsed, **options)
+    except (exc.NoSuchModuleError, ImportError) as error:
+        raise ValueError(f"no database driver for {shown}: {error}") from None
+    if backend == "sqlite" and not in_memory:
+        event.listen(engine, "connect", _sqlite_on_connect)
+    elif backend == "postgresql":
+        # A little after the server's own timeouts, which end a statement
+        # more gently (the connection survives).
+        StatementWatchdog(engine, timeout + 0.5)
+    return engine

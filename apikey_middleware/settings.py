@@ -1,0 +1,141 @@
+"""The ``APIKEY_*`` settings: read from a mapping (a Flask ``config``), each
+checked before anything is built from it, so an error names its setting."""
+
+from __future__ import annotations
+
+import typing as t
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+
+from .changes import REVOCATION_MODES
+from .hashing import DEFAULT_ROUNDS
+from .keys import KEY_TYPES
+from .verifier import DEFAULT_CACHE_SIZE
+
+
+def _number(*, positive: bool) -> Callable[[str, object], float]:
+    def check(name: str, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"{name} must be a number of zero or more, not {value!r}")
+        if positive and value == 0:
+            raise ValueError(f"{name} must be more than zero, not {value!r}")
+        return float(value)
+
+    return check
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[str, object], int]:
+    def check(name: str, value: object) -> int:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < low
+            or (high is not None and value > high)
+        ):
+            span = f"from {low} to {high}" if high is not None else f"of {low} or more"
+            raise ValueError(f"{name} must be an integer {span}, not {value!r}")
+        return value
+
+    return check
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
+def _database_url(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, not {type(value).__name__}")
+    try:
+        sa.make_url(value).get_dialect()
+    except exc.ArgumentError:
+        raise ValueError(f"{name} is not a database URL") from None
+    except (exc.NoSuchModuleError, ImportError) as error:
+        raise ValueError(f"{name}: no database driver here for it ({error})") from None
+    return value
+
+
+def _pepper(name: str, value: object) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value or None
+    if isinstance(value, str):
+        return value.encode("utf-8") or None
+    raise ValueError(f"{name} must be bytes or str, not {type(value).__name__}")
+
+
+def _key_types(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ValueError(f"{name} must be a list of key types, not {value!r}")
+    types = tuple(value)
+    if not types or not set(types) <= set(KEY_TYPES):
+        raise ValueError(f"{name} must hold only {' and '.join(KEY_TYPES)}, not {types!r}")
+    return types
+
+
+def _revocation(name: str, value: object) -> str:
+    if value not in REVOCATION_MODES:
+        raise ValueError(f"{name} must be one of {', '.join(REVOCATION_MODES)}, not {value!r}")
+    return str(value)
+
+
+# name -> (default, check): the one list of settings, in the order the
+# configuration reference gives them.
+SETTINGS: dict[str, tuple[object, Callable[[str, t.Any], t.Any]]] = {
+    "APIKEY_DATABASE_URL": (None, _database_url),
+    "APIKEY_BCRYPT_ROUNDS": (DEFAULT_ROUNDS, _integer(4, 31)),
+    "APIKEY_PEPPER": (None, _pepper),
+    "APIKEY_CACHE_SIZE": (DEFAULT_CACHE_SIZE, _integer(0)),
+    "APIKEY_TIMEOUT": (5.0, _number(positive=True)),
+    "APIKEY_RETRY_AFTER": (5, _integer(1)),
+    "APIKEY_KEY_TYPES": (KEY_TYPES, _key_types),
+    "APIKEY_HIDE_CREDENTIALS": (False, _flag),
+    "APIKEY_PREFLIGHT": (False, _flag),
+    "APIKEY_LOG_USAGE": (True, _flag),
+    "APIKEY_REVOCATION": ("immediate", _revocation),
+    "APIKEY_POLL_INTERVAL": (1.0, _number(positive=True)),
+    "APIKEY_THROTTLE_LIMIT": (0, _integer(0)),
+    "APIKEY_THROTTLE_WINDOW": (60, _number(positive=True)),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Checked ``APIKEY_*`` settings."""
+
+    database_url: str | None
+    bcrypt_rounds: int
+    pepper: bytes | None
+    cache_size: int
+    timeout: float
+    retry_after: int
+    key_types: tuple[str, ...]
+    hide_credentials: bool
+    preflight: bool
+    log_usage: bool
+    revocation: t.Literal["immediate", "channel"]
+    poll_interval: float
+    throttle_limit: int
+    throttle_window: float
+
+    def __repr__(self) -> str:
+        # The pepper is a secret.
+        return f"Settings(database_url={self.database_url!r}, revocation={self.revocation!r})"
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, object]) -> Settings:
+        """Check each setting of ``config`` (its default where missing).
+
+        :raises ValueError: a setting is invalid; the message names it.
+        """
+        values = {
+            name.removeprefix("APIKEY_").lower(): check(name, config.get(name, default))
+            for name, (default, check) in SETTINGS.items()
+        }
+        return cls(**values)
