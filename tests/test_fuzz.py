@@ -229,6 +229,7 @@ def expected(
 
 def draw_environ(setup: Setup, data: st.DataObject) -> dict[str, t.Any]:
     key = setup.keys[data.draw(st.integers(0, len(setup.keys) - 1))].key
+    authorization: str | None
     if data.draw(st.booleans()):
         # Half the time a well-formed request with a real key, so that the
         # answers that need one (200, 403, 503) are met as often as refusals.
