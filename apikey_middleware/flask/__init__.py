@@ -20,14 +20,14 @@ from flask import Flask, current_app, has_request_context, request
 from werkzeug.local import LocalProxy
 from werkzeug.wrappers import Response
 
-from .cli import flask_group
-from .errors import ApiKeyError, ForbiddenError, MissingKeyError
-from .hashing import DEFAULT_ROUNDS
-from .keys import KEY_TYPES
-from .middleware import ERROR_ENVIRON_KEY, ApiKeyMiddleware
-from .principal import Principal, normalize_scopes
-from .store import DEFAULT_CACHE_SIZE, SQLAlchemyKeyStore
-from .throttle import FailureThrottle
+from ..cli import flask_group
+from ..errors import ApiKeyError, ForbiddenError, MissingKeyError
+from ..hashing import DEFAULT_ROUNDS
+from ..keys import KEY_TYPES
+from ..middleware import ERROR_ENVIRON_KEY, ApiKeyMiddleware
+from ..principal import Principal, normalize_scopes
+from ..store import DEFAULT_CACHE_SIZE, SQLAlchemyKeyStore
+from ..throttle import FailureThrottle
 
 EXTENSION_KEY = "apikeys"
 PRINCIPAL_ENVIRON_KEY = "apikey.principal"
