@@ -7,6 +7,8 @@ from .errors import KeyNotFoundError as KeyNotFoundError
 from .errors import MissingKeyError as MissingKeyError
 from .errors import ServiceUnavailableError as ServiceUnavailableError
 from .errors import TooManyRequestsError as TooManyRequestsError
+from .leaks import LeakedKey as LeakedKey
+from .leaks import LeakRecord as LeakRecord
 from .middleware import ApiKeyMiddleware as ApiKeyMiddleware
 from .principal import Principal as Principal
 from .store import IssuedKey as IssuedKey
@@ -23,6 +25,8 @@ __all__ = [
     "IssuedKey",
     "KeyNotFoundError",
     "KeyRecord",
+    "LeakRecord",
+    "LeakedKey",
     "MissingKeyError",
     "Principal",
     "SQLAlchemyKeyStore",
