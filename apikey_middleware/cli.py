@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import typing as t
 from collections import Counter
@@ -361,12 +362,22 @@ def _size_option(ctx: click.Context, param: click.Parameter, value: str) -> int:
         raise click.BadParameter(str(error), ctx, param) from None
 
 
+def _existing_paths(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    # A broken symbolic link exists too (it is counted as unreadable).
+    for path in value:
+        if not os.path.lexists(path):
+            raise click.BadParameter(f"{printable(path)!r} does not exist", ctx, param)
+    return value
+
+
 class _ScanDatabaseError(click.ClickException):
     exit_code = 2
 
 
 @click.command()
-@click.argument("paths", nargs=-1, type=click.Path(exists=True), metavar="[PATH]...")
+@click.argument("paths", nargs=-1, callback=_existing_paths, metavar="[PATH]...")
 @click.option("--offline", is_flag=True, help="Check format and checksum only, no database.")
 @click.option("--revoke", "revoke_found", is_flag=True, help="Revoke the active keys found.")
 @click.option("--yes", is_flag=True, help="Revoke without asking.")
