@@ -149,16 +149,18 @@ class Scanner:
                 if os.fstat(file.fileno()).st_size > self.max_size:
                     stats.too_large += 1
                     return
-                # One byte more than allowed tells a file that grew meanwhile.
-                data = file.read(self.max_size + 1)
+                data = file.read(_SNIFF)
+                if b"\0" in data:
+                    stats.binary += 1
+                    return
+                if len(data) == _SNIFF:
+                    # One byte more than allowed tells a file that grew meanwhile.
+                    data += file.read(max(0, self.max_size + 1 - _SNIFF))
         except OSError:
             stats.unreadable += 1
             return
         if len(data) > self.max_size:
             stats.too_large += 1
-            return
-        if b"\0" in data[:_SNIFF]:
-            stats.binary += 1
             return
         stats.files += 1
         stats.bytes += len(data)
