@@ -5,7 +5,8 @@ look the found tokens up in one query (:func:`look_up`), prove each
 against its row (:func:`token_matches`, the one place that decides it),
 then revoke and record in one transaction (:func:`record`). A leak is kept
 with where it was found and what was done, for ``apikey show`` and the
-dashboard (:func:`leaks_of`). No table here holds a key or a hash of one.
+dashboard (:func:`leaks_of`). No table here holds a key, nor a hash of a key
+by itself.
 """
 
 from __future__ import annotations
@@ -165,11 +166,9 @@ def token_matches(store: SQLAlchemyKeyStore, key: ParsedKey, row: KeyRow) -> boo
     decides it, and the costly part of a check (bcrypt, about 0.3 s at cost
     12), so callers bound how often they call it.
     """
-    return (
-        key.key_id == row.id
-        and key.key_type == row.key_type
-        and (store.hasher.verify(key.key, row.key_hash))
-    )
+    if key.key_id != row.id or key.key_type != row.key_type:
+        return False
+    return store.hasher.verify(key.key, row.key_hash)
 
 
 def identify(
