@@ -382,9 +382,9 @@ class _ScanDatabaseError(click.ClickException):
 @click.option("--revoke", "revoke_found", is_flag=True, help="Revoke the active keys found.")
 @click.option("--yes", is_flag=True, help="Revoke without asking.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of the finds.")
-@click.option("--max-size", default="10M", callback=_size_option, show_default=True,
+@click.option("--max-size", default="10M", callback=_size_option, show_default=True, metavar="SIZE",
               help="Skip files larger than this (500K, 10M, 1G).")  # fmt: skip
-@click.option("--exclude", multiple=True, help="Skip files and folders of this name (a glob).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files and folders so named.")
 def scan(
     paths: tuple[str, ...], offline: bool, revoke_found: bool, yes: bool, as_json: bool,
     max_size: int, exclude: tuple[str, ...],
