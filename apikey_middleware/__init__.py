@@ -12,6 +12,8 @@ from .errors import ServiceUnavailableError as ServiceUnavailableError
 from .errors import StoreError as StoreError
 from .errors import StoreUnavailableError as StoreUnavailableError
 from .errors import TooManyRequestsError as TooManyRequestsError
+from .leaks import LeakedKey as LeakedKey
+from .leaks import LeakRecord as LeakRecord
 from .middleware import ApiKeyMiddleware as ApiKeyMiddleware
 from .principal import Principal as Principal
 from .records import IssuedKey as IssuedKey
@@ -35,6 +37,8 @@ __all__ = [
     "KeyBackend",
     "KeyNotFoundError",
     "KeyRecord",
+    "LeakRecord",
+    "LeakedKey",
     "MissingKeyError",
     "Principal",
     "RejectedKeyError",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import typing as t
 from collections import Counter
@@ -20,10 +21,12 @@ from datetime import date, datetime, timedelta
 import click
 from sqlalchemy import exc
 
+from . import leaks
 from ._time import utcnow
 from .errors import KeyNotFoundError
 from .keys import KEY_TYPES, holds_key, redact_keys, shown_safely
 from .records import IssuedKey, KeyRecord
+from .scan import Find, Scanner, find_json, find_line, parse_size, printable, stats_line
 from .store import SQLAlchemyKeyStore
 from .usage import UsageRecord
 
@@ -277,11 +280,13 @@ def _get(key_id: str) -> KeyRecord:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @_store_command
 def show(key_id: str, as_json: bool) -> None:
-    """Show one key's record."""
+    """Show one key's record and where it was found leaked."""
     record = _get(key_id)
+    found = leaks.leaks_of(_store(), record.id)
     now = utcnow()
     if as_json:
-        click.echo(json.dumps(_record_json(record, now), indent=2))
+        shown = [leak.as_json() for leak in found]
+        click.echo(json.dumps({**_record_json(record, now), "leaks": shown}, indent=2))
         return
     for label, value in (
         ("id", record.id),
@@ -296,8 +301,12 @@ def show(key_id: str, as_json: bool) -> None:
         ("last used", _when(record.last_used_at)),
         ("replaces", record.replaces or "-"),
         ("state", _state(record, now)),
+        ("leaks", f"{len(found)} recorded" if found else "-"),
     ):
         click.echo(f"{label + ':':11}{value}")
+    for leak in found:
+        where = printable(f"{leak.source} {leak.url}".strip())
+        click.echo(f"{'':11}{_when(leak.reported_at)}  {leak.action:8} {where}")
 
 
 @click.command()
@@ -393,7 +402,76 @@ def usage(key_id: str, since: timedelta | None, as_json: bool) -> None:
         )
 
 
+def _size_option(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+
+
+def _existing_paths(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    # A broken symbolic link exists too (it is counted as unreadable).
+    for path in value:
+        if not os.path.lexists(path):
+            raise click.BadParameter(f"{printable(path)!r} does not exist", ctx, param)
+    return value
+
+
+class _ScanDatabaseError(click.ClickException):
+    exit_code = 2
+
+
+@click.command()
+@click.argument("paths", nargs=-1, callback=_existing_paths, metavar="[PATH]...")
+@click.option("--offline", is_flag=True, help="Check format and checksum only, no database.")
+@click.option("--revoke", "revoke_found", is_flag=True, help="Revoke the active keys found.")
+@click.option("--yes", is_flag=True, help="Revoke without asking.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of the finds.")
+@click.option("--max-size", default="10M", callback=_size_option, show_default=True, metavar="SIZE",
+              help="Skip files larger than this (500K, 10M, 1G).")  # fmt: skip
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files and folders so named.")
+def scan(
+    paths: tuple[str, ...], offline: bool, revoke_found: bool, yes: bool, as_json: bool,
+    max_size: int, exclude: tuple[str, ...],
+) -> None:  # fmt: skip
+    """Find keys in files (folders recursively; skips .git, binary and huge files).
+
+    One line per key found: file, line, column, key id, type and, from the
+    database, its state; never the key. Exit status 1 if an active key was
+    found (with --offline: any key), else 0; 2 if the database cannot be read.
+    """
+    if offline and revoke_found:
+        raise click.UsageError("--revoke needs the database and cannot go with --offline")
+    scanner = Scanner(max_size=max_size, exclude=exclude)
+    finds = list(scanner.scan(paths or (".",)))
+    checked: list[tuple[Find, str | None, bool]] = [(find, None, False) for find in finds]
+
+    def agree(ids: list[str]) -> bool:
+        prompt = f"Revoke {len(ids)} active key(s): {', '.join(ids)}?"
+        return yes or click.confirm(prompt, abort=True, err=True)
+
+    if finds and not offline:
+        try:
+            with _store_errors():
+                found = leaks.check_finds(_store(), finds, revoke=agree if revoke_found else None)
+                checked = list(found)
+        except click.ClickException as error:
+            hint = " (--offline checks format and checksum without it)"
+            raise _ScanDatabaseError(error.message + hint) from None
+    if as_json:
+        click.echo(json.dumps([find_json(*item) for item in checked], indent=2))
+    else:
+        for item in checked:
+            click.echo(find_line(*item))
+    click.echo(stats_line(len(finds), scanner.stats, max_size), err=True)
+    if any(offline or (state and leaks.is_active(state)) for _, state, _ in checked):
+        click.get_current_context().exit(1)
+
+
 COMMANDS: tuple[click.Command, ...] = (init_db, create, list_keys, show, revoke, rotate, usage)
+COMMANDS += (scan,)
 
 
 @click.group(

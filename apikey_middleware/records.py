@@ -16,6 +16,17 @@ State = t.Literal["active", "expiring", "expired", "revoked"]
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def key_state(
+    revoked_at: datetime | None, expires_at: datetime | None, now: datetime | None = None
+) -> State:
+    """The state of a key revoked and expiring at these times."""
+    if revoked_at is not None:
+        return "revoked"
+    if expires_at is not None:
+        return "expired" if expires_at <= (now or utcnow()) else "expiring"
+    return "active"
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
     """What the store knows of a key: everything but the secret."""
@@ -38,11 +49,7 @@ class KeyRecord:
 
     def state(self, now: datetime | None = None) -> State:
         """``revoked``, ``expired``, ``expiring`` (has an end date) or ``active``."""
-        if self.revoked_at is not None:
-            return "revoked"
-        if self.expires_at is not None:
-            return "expired" if self.expires_at <= (now or utcnow()) else "expiring"
-        return "active"
+        return key_state(self.revoked_at, self.expires_at, now)
 
     @classmethod
     def from_model(cls, model: ApiKey) -> KeyRecord:

@@ -21,6 +21,9 @@ from .keys import ID_LENGTH
 MAX_NAME_LENGTH = 200
 #: The longest request path kept in the usage log.
 MAX_PATH_LENGTH = 1000
+#: The longest leak location (a URL) and leak source kept.
+MAX_URL_LENGTH = 2000
+MAX_SOURCE_LENGTH = 100
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -111,9 +114,40 @@ class UsageRow(Base):
     remote_addr: Mapped[str | None] = mapped_column(sa.String(64))
 
 
+class LeakRow(Base):
+    """One place a key of ours was found."""
+
+    __tablename__ = "apikey_leaks"
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    key_id: Mapped[str] = mapped_column(
+        sa.String(ID_LENGTH), sa.ForeignKey("apikey_keys.id"), index=True
+    )
+    reported_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    url: Mapped[str] = mapped_column(sa.String(MAX_URL_LENGTH))
+    source: Mapped[str] = mapped_column(sa.String(MAX_SOURCE_LENGTH))
+    action: Mapped[str] = mapped_column(sa.String(16))
+    # The report it came in (a row of apikey_leak_reports), if any.
+    report_digest: Mapped[str | None] = mapped_column(sa.String(64))
+
+
+class LeakReport(Base):
+    """A report acted on, by the SHA-256 of its body: the same report twice
+    is refused, and a report is acted on only once."""
+
+    __tablename__ = "apikey_leak_reports"
+
+    digest: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 #: The tables as Core objects, for the queries built once.
 keys_table = t.cast(sa.Table, ApiKey.__table__)
 usage_table = t.cast(sa.Table, UsageRow.__table__)
+leaks_table = t.cast(sa.Table, LeakRow.__table__)
+leak_reports_table = t.cast(sa.Table, LeakReport.__table__)
 
 #: Columns added since the first release, by table: :func:`upgrade` adds
 #: those that a database made by an earlier release lacks.

@@ -34,6 +34,7 @@ from .usage_log import UsageLog
 from .verifier import DEFAULT_CACHE_SIZE, Verifier
 
 _CREATE_ATTEMPTS = 3
+_SCHEMA_TIMEOUT = 60.0
 
 
 def _positive(name: str, value: object, kind: type | tuple[type, ...]) -> None:
@@ -143,9 +144,22 @@ class SQLAlchemyKeyStore:
 
     def create_schema(self) -> None:
         """Create the store's tables where they are missing, and add the
-        columns a database made by an earlier release lacks (idempotent)."""
-        with self.engine.begin() as connection:
-            upgrade(connection)
+        columns a database made by an earlier release lacks (idempotent).
+
+        Schema changes may wait for other sessions' locks far longer than a
+        request may, so on a database server, from an engine the store made,
+        they run on a connection of their own with a wait of at least a
+        minute.
+        """
+        engine = self.engine
+        if self._owns_engine and engine.dialect.name != "sqlite":
+            engine = create_store_engine(engine.url, timeout=max(self.timeout, _SCHEMA_TIMEOUT))
+        try:
+            with engine.begin() as connection:
+                upgrade(connection)
+        finally:
+            if engine is not self.engine:
+                engine.dispose()
 
     def close(self) -> None:
         """Stop the change channel; close the pooled connections of an

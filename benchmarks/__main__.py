@@ -16,7 +16,14 @@ import time
 
 from apikey_middleware import SQLAlchemyKeyStore
 
-from . import bench_abuse, bench_flood, bench_middleware, bench_revocation, bench_server
+from . import (
+    bench_abuse,
+    bench_flood,
+    bench_middleware,
+    bench_revocation,
+    bench_scan,
+    bench_server,
+)
 from ._table import Table
 
 
@@ -31,11 +38,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server-flood-seconds", type=float, default=3.0)
     parser.add_argument("--trials", type=int, default=30, help="revocation latency trials")
     parser.add_argument("--memory-keys", type=int, default=1_000_000)
+    parser.add_argument("--scan-mb", type=int, default=1024, help="size of the generated tree")
+    parser.add_argument("--scan-rounds", type=int, default=3)
     parser.add_argument(
-        "--only", nargs="*", choices=["in-process", "server", "abuse", "revocation", "memory"]
+        "--only",
+        nargs="*",
+        choices=["in-process", "server", "abuse", "revocation", "memory", "scan"],
     )
     args = parser.parse_args(argv)
-    wanted = set(args.only or ["in-process", "server", "abuse", "revocation", "memory"])
+    wanted = set(args.only or ["in-process", "server", "abuse", "revocation", "memory", "scan"])
     started = time.monotonic()
     table = Table()
     with tempfile.TemporaryDirectory() as folder:
@@ -73,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
             bench_revocation.run(table, latency, count=args.trials)
         if "memory" in wanted:
             bench_abuse.memory(table, f"sqlite:///{folder}/memory.db", args.memory_keys)
+        if "scan" in wanted:
+            bench_scan.run(table, megabytes=args.scan_mb, rounds=args.scan_rounds)
         if "in-process" in wanted:
             for label, url in servers.items():
                 bench_middleware.writer_throughput(table, label, url.replace("bench.db", "w.db"))

@@ -102,4 +102,9 @@ def test_alembic_autogenerate_builds_the_same_schema_as_create_schema(
         )
     engine.dispose()
     assert describe(migrated) == describe(created)
-    assert set(describe(created)) == {"apikey_keys", "apikey_usage"}
+    assert set(describe(created)) == {
+        "apikey_keys",
+        "apikey_usage",
+        "apikey_leaks",
+        "apikey_leak_reports",
+    }

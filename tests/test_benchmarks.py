@@ -34,6 +34,8 @@ def test_the_benchmark_suite_runs_and_prints_one_table() -> None:
             "--server-flood-seconds=0.5",
             "--trials=2",
             "--memory-keys=2000",
+            "--scan-mb=20",
+            "--scan-rounds=1",
         ],
         cwd=ROOT,
         env=env,
@@ -56,6 +58,8 @@ def test_the_benchmark_suite_runs_and_prints_one_table() -> None:
         "first request of a new key, wrong-secret flood / no flood",
         "most requests accepted after revoke() (SQLite)",
         "peak RSS growth over 2,000 bad keys, MB",
+        "this repository: files/s",
+        "generated 20 MB tree: MB/s",
     ):
         assert line in out, line
     if env["APIKEY_BENCH_POSTGRES_URL"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from werkzeug.test import Client, TestResponse
 
 from apikey_middleware import ApiKeyMiddleware, IssuedKey, SQLAlchemyKeyStore
+from apikey_middleware._watchdog import watchdog_of
 from apikey_middleware.keys import ParsedKey, generate_key
 from apikey_middleware.principal import Principal
 
@@ -198,3 +200,20 @@ def test_terminated_postgres_connections_are_replaced_without_a_failed_request(
     assert _terminate_pool_connections(postgres_store) >= 1
     assert client.get("/", headers=bearer(issued.key)).status_code == 200
     assert client.get("/", headers=bearer(issued.key)).status_code == 200
+
+
+def test_the_watchdog_forgets_every_statement_that_ends_however_it_ends() -> None:
+    store = SQLAlchemyKeyStore(server_url("postgresql"), timeout=1)
+    watchdog = watchdog_of(store.engine)
+    assert watchdog is not None
+    for sql in ("SELECT 1", "SELECT pg_sleep(3)", "SELECT * FROM no_such_table", "SELECT 1/0"):
+        with contextlib.suppress(sa.exc.DBAPIError), store.engine.connect() as connection:
+            connection.exec_driver_sql(sql)
+        assert watchdog.watched == 0, sql
+    # The server's own timeout ended the long one; the watchdog cut nothing,
+    # and the pooled connection still works.
+    time.sleep(1.8)
+    assert watchdog.cut == 0
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT 2").scalar() == 2
+    store.close()

@@ -80,3 +80,17 @@ def test_channel_mode_and_throttling_snippets(readme: dict[str, t.Any]) -> None:
     response = client.get("/v1/clients", headers=wrong)
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "60"
+
+
+def test_secret_scanning_snippet_mounts_the_endpoint(readme: dict[str, t.Any]) -> None:
+    client = readme["scanning_app"].test_client()
+    response = client.post("/github/secret-scanning", data=b"[]")
+    assert response.status_code == 401
+    assert response.json == {
+        "success": False,
+        "error": {"code": "UNAUTHORIZED", "message": "The report is not signed"},
+    }
+
+
+def test_readme_says_a_split_key_is_not_found() -> None:
+    assert "split across lines" in README.read_text()

@@ -12,7 +12,8 @@ from apikey_middleware import InvalidKeyError, SQLAlchemyKeyStore
 from apikey_middleware._time import utcnow
 from apikey_middleware.hashing import KeyHasher
 from apikey_middleware.keys import generate_key
-from apikey_middleware.schema import ApiKey
+from apikey_middleware.leaks import leaks_of
+from apikey_middleware.schema import ApiKey, metadata
 
 from .conftest import TEST_ROUNDS
 from .legacy_schema import fill_0_1, legacy_metadata
@@ -30,6 +31,7 @@ def old_database(database_url: str) -> Iterator[tuple[str, str, str]]:
     engine.dispose()
     yield database_url, issued.key, issued.key_id
     engine = sa.create_engine(database_url)
+    metadata.drop_all(engine)  # the upgraded tables, new ones included
     legacy_metadata.drop_all(engine)
     engine.dispose()
 
@@ -50,6 +52,7 @@ def test_old_keys_and_usage_survive_the_upgrade(old_database: tuple[str, str, st
         )
         assert store.authenticate(key).key_id == key_id
         assert sorted(row.status for row in store.usage(key_id)) == [200, 403]
+        assert leaks_of(store, key_id) == []  # the tables 0.1.0 did not have
         assert store.create_key("new").record.id != key_id
     finally:
         store.close()

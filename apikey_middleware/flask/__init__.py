@@ -20,13 +20,13 @@ from flask import Flask, current_app, has_request_context, request
 from werkzeug.local import LocalProxy
 from werkzeug.wrappers import Response
 
-from .cli import flask_group
-from .errors import ApiKeyError, ForbiddenError, MissingKeyError
-from .middleware import ERROR_ENVIRON_KEY, PRINCIPAL_ENVIRON_KEY, ApiKeyMiddleware
-from .principal import Principal, normalize_scopes
-from .settings import SETTINGS, Settings
-from .store import SQLAlchemyKeyStore
-from .throttle import FailureThrottle
+from ..cli import flask_group
+from ..errors import ApiKeyError, ForbiddenError, MissingKeyError
+from ..middleware import ERROR_ENVIRON_KEY, PRINCIPAL_ENVIRON_KEY, ApiKeyMiddleware
+from ..principal import Principal, normalize_scopes
+from ..settings import SETTINGS, Settings
+from ..store import SQLAlchemyKeyStore
+from ..throttle import FailureThrottle
 
 #: Where the extension keeps its state: ``app.extensions["apikeys"]``.
 EXTENSION_KEY = "apikeys"
