@@ -461,7 +461,7 @@ def test_stored_text_is_printed_with_control_characters_escaped(
         result = run(url, *args)
         assert result.exit_code == 0, result.output
         assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", result.output), args
-    assert "\\x1b]0;owned\\x07\\x1b[2J\\x0d\\x0a" in run(url, "usage", issued.id).output
+    assert "\\x1b]0;owned\\x07\\x1b[2J\\r\\n" in run(url, "usage", issued.id).output
     assert "ev\\x1bil\\x9b" in run(url, "show", issued.id).output
 
 

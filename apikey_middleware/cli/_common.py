@@ -1,0 +1,181 @@
+"""What every command shares: the store, durations, and text safe to print."""
+
+from __future__ import annotations
+
+import functools
+import re
+import typing as t
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+
+import click
+from sqlalchemy import exc
+
+from ..errors import KeyNotFoundError
+from ..keys import holds_key, redact_keys, shown_safely
+from ..records import KeyRecord
+from ..scan import printable
+from ..store import SQLAlchemyKeyStore
+from ..usage import UsageRecord
+
+DEFAULT_DATABASE_URL = "sqlite:///apikeys.db"
+STORE_FACTORY = "apikey_middleware.store_factory"
+_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+_DURATION_RE = re.compile(r"(?:(\d{1,6})([wdhms]))+")
+_DURATION_PART_RE = re.compile(r"(\d{1,6})([wdhms])")
+_MAX_DURATION = timedelta(days=36_500)
+_BAR_WIDTH = 40
+_LATEST = 20
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``24h``, ``15m``, ``1w``, ``90s``, or several: ``1d12h``; ``0`` is none.
+
+    :raises ValueError: anything else, or more than 100 years.
+    """
+    text = text.strip()
+    if text == "0":
+        return timedelta(0)
+    if not _DURATION_RE.fullmatch(text):
+        raise ValueError(f"{shown_safely(text)} is not a duration such as 30d, 24h, 15m or 1d12h")
+    total = timedelta(0)
+    for amount, unit in _DURATION_PART_RE.findall(text):
+        total += timedelta(**{_UNITS[unit]: int(amount)})
+    if total > _MAX_DURATION:
+        raise ValueError(f"{shown_safely(text)} is longer than 100 years")
+    return total
+
+
+def duration_option(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+
+
+def shown(text: str | None) -> str:
+    """Stored text as it is safe to print: a path or name holding terminal
+    escape sequences must not reach the terminal as such."""
+    return "-" if text is None else printable(text)
+
+
+class Redacting(click.Group):
+    """A group whose usage errors never repeat a key a user pasted by mistake
+    (click quotes bad values and unexpected arguments back)."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: t.Any,
+    ) -> click.Context:
+        with _redacted():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> t.Any:
+        with _redacted():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _redacted() -> Iterator[None]:
+    try:
+        yield
+    except click.ClickException as error:
+        message = error.format_message()
+        if not holds_key(message):
+            raise
+        if isinstance(error, click.UsageError):
+            raise click.UsageError(redact_keys(message), error.ctx) from None
+        raise click.ClickException(redact_keys(message)) from None
+
+
+def when(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def state_text(record: KeyRecord, now: datetime) -> str:
+    state = record.state(now)
+    if state == "expiring":
+        return f"expiring {when(record.expires_at)}"
+    return state
+
+
+def record_json(record: KeyRecord, now: datetime) -> dict[str, t.Any]:
+    def iso(value: datetime | None) -> str | None:
+        return None if value is None else value.isoformat()
+
+    return {
+        "id": record.id,
+        "prefix": record.prefix,
+        "name": record.name,
+        "key_type": record.key_type,
+        "scopes": list(record.scopes),
+        "owner": record.owner,
+        "created_at": iso(record.created_at),
+        "expires_at": iso(record.expires_at),
+        "revoked_at": iso(record.revoked_at),
+        "last_used_at": iso(record.last_used_at),
+        "replaces": record.replaces,
+        "state": record.state(now),
+    }
+
+
+def usage_json(record: UsageRecord) -> dict[str, t.Any]:
+    return {
+        "key_id": record.key_id,
+        "occurred_at": record.occurred_at.isoformat(),
+        "method": record.method,
+        "path": record.path,
+        "status": record.status,
+        "remote_addr": record.remote_addr,
+    }
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Turn the store's failures into one-line click errors (exit 1)."""
+    try:
+        yield
+    except KeyNotFoundError as error:
+        raise click.ClickException(str(error)) from None
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    except exc.SQLAlchemyError as error:
+        cause = error.orig if isinstance(error, exc.DBAPIError) else error
+        detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise click.ClickException(
+            f"database error ({detail}); is the database reachable, and set up with 'init-db'?"
+        ) from None
+
+
+def store() -> SQLAlchemyKeyStore:
+    factory = click.get_current_context().meta.get(STORE_FACTORY)
+    if factory is None:  # pragma: no cover - both groups set it
+        raise click.ClickException("no key store is configured")
+    with store_errors():
+        return t.cast(SQLAlchemyKeyStore, factory())
+
+
+def store_command(function: Callable[..., None]) -> Callable[..., None]:
+    """Run a command with the store's failures reported as one line."""
+
+    @functools.wraps(function)
+    def wrapper(*args: t.Any, **kwargs: t.Any) -> None:
+        with store_errors():
+            function(*args, **kwargs)
+
+    return wrapper
+
+
+def get_record(key_id: str) -> KeyRecord:
+    record = store().get_key(key_id)
+    if record is None:
+        raise KeyNotFoundError(key_id)
+    return record
