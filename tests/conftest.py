@@ -7,17 +7,27 @@ SQLite always runs. PostgreSQL and MySQL/MariaDB run when
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import typing as t
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from flask import Blueprint, Flask, jsonify
+from flask.typing import ResponseReturnValue
+from flask.views import MethodView
+from werkzeug.test import TestResponse
 
-from apikey_middleware import SQLAlchemyKeyStore
+from apikey_middleware import Principal, SQLAlchemyKeyStore
+from apikey_middleware.flask import ApiKeys, current_principal, require_scopes
+from apikey_middleware.keys import ParsedKey, parse_key
 from apikey_middleware.schema import metadata
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 SERVER_URL_VARIABLES = {
     "postgresql": "APIKEY_TEST_POSTGRES_URL",
@@ -97,3 +107,159 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> float:
         assert time.monotonic() - started < timeout, "timed out"
         time.sleep(0.005)
     return time.monotonic() - started
+
+
+class StoreFactory(t.Protocol):
+    """Makes a store (on SQLite in the test's folder unless told where) and
+    closes it when the test ends."""
+
+    def __call__(
+        self,
+        url_or_engine: str | sa.URL | sa.Engine | None = None,
+        *,
+        schema: bool = True,
+        **options: t.Any,
+    ) -> SQLAlchemyKeyStore: ...
+
+
+@pytest.fixture
+def store_factory(sqlite_url: str) -> Iterator[StoreFactory]:
+    made: list[SQLAlchemyKeyStore] = []
+
+    def make(
+        url_or_engine: str | sa.URL | sa.Engine | None = None,
+        *,
+        schema: bool = True,
+        **options: t.Any,
+    ) -> SQLAlchemyKeyStore:
+        options.setdefault("bcrypt_rounds", TEST_ROUNDS)
+        store = SQLAlchemyKeyStore(url_or_engine or sqlite_url, **options)
+        made.append(store)
+        if schema:
+            store.create_schema()
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+# -- requests and answers ------------------------------------------------
+
+MISSING = {
+    "success": False,
+    "error": {"code": "UNAUTHORIZED", "message": "No API key provided"},
+}
+INVALID = {
+    "success": False,
+    "error": {
+        "code": "INVALID_API_KEY",
+        "message": "The provided API key is invalid or has been revoked",
+    },
+}
+FORBIDDEN = {
+    "success": False,
+    "error": {
+        "code": "FORBIDDEN",
+        "message": "Your API key does not have permission to perform this action",
+    },
+}
+
+
+class RecordingApp:
+    """A tiny WSGI app that remembers the environs it was called with."""
+
+    def __init__(self) -> None:
+        self.environs: list[WSGIEnvironment] = []
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        self.environs.append(environ)
+        principal: Principal | None = environ.get("apikey.principal")
+        body = {"key_id": principal.key_id if principal else None}
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(body).encode()]
+
+    @property
+    def last(self) -> WSGIEnvironment:
+        return self.environs[-1]
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def assert_refused(
+    response: TestResponse, status: int, body: dict[str, object], challenge: str | None
+) -> None:
+    assert response.status_code == status
+    assert response.json == body
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers.get("WWW-Authenticate") == challenge
+
+
+def parsed(key: str) -> ParsedKey:
+    """``key`` parsed, for the store's own API."""
+    result = parse_key(key)
+    assert result is not None
+    return result
+
+
+# -- a Flask app with every kind of decorated view --------------------------
+
+
+def whoami() -> ResponseReturnValue:
+    principal = current_principal
+    return jsonify(key_id=principal.key_id if principal else None)
+
+
+def make_app(store: SQLAlchemyKeyStore | None = None, **config: t.Any) -> Flask:
+    app = Flask(__name__)
+    app.config.update(config)
+    ApiKeys(app, store=store)
+
+    @app.get("/open")
+    def open_view() -> ResponseReturnValue:
+        return whoami()
+
+    @app.get("/any")
+    @require_scopes()
+    def any_key() -> ResponseReturnValue:
+        return whoami()
+
+    @app.get("/read")
+    @require_scopes("clients:read")
+    def read() -> ResponseReturnValue:
+        return whoami()
+
+    @app.post("/write")
+    @require_scopes("clients:write", "clients:read")
+    def write() -> ResponseReturnValue:
+        return whoami()
+
+    @app.get("/async")
+    @require_scopes("clients:read")
+    async def async_read() -> ResponseReturnValue:
+        return whoami()
+
+    blueprint = Blueprint("bp", __name__, url_prefix="/bp")
+
+    @blueprint.get("/read")
+    @require_scopes("clients:read")
+    def bp_read() -> ResponseReturnValue:
+        return whoami()
+
+    app.register_blueprint(blueprint)
+
+    class Clients(MethodView):
+        decorators: t.ClassVar[list[t.Any]] = [require_scopes("clients:read")]
+
+        def get(self) -> ResponseReturnValue:
+            return whoami()
+
+        @require_scopes("clients:delete")
+        def delete(self) -> ResponseReturnValue:
+            return whoami()
+
+    app.add_url_rule("/view", view_func=Clients.as_view("clients"))
+    return app

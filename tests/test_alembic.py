@@ -20,7 +20,7 @@ from alembic.migration import MigrationContext
 
 from apikey_middleware import SQLAlchemyKeyStore
 
-from .conftest import server_url
+from .conftest import StoreFactory, server_url
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,9 @@ def describe(url: str) -> dict[str, object]:
 
 
 def test_alembic_autogenerate_builds_the_same_schema_as_create_schema(
-    empty_databases: tuple[str, str], tmp_path: Path
+    empty_databases: tuple[str, str],
+    tmp_path: Path,
+    store_factory: StoreFactory,
 ) -> None:
     migrated, created = empty_databases
     config = Config(str(tmp_path / "alembic.ini"))
@@ -90,9 +92,7 @@ def test_alembic_autogenerate_builds_the_same_schema_as_create_schema(
 
     command.revision(config, message="api keys", autogenerate=True)
     command.upgrade(config, "head")
-    store = SQLAlchemyKeyStore(created)
-    store.create_schema()
-    store.close()
+    store_factory(created)  # the tables as create_schema() makes them
 
     engine = sa.create_engine(migrated, poolclass=sa.NullPool)
     with engine.connect() as connection:

@@ -19,17 +19,11 @@ from apikey_middleware.changes import (
     PostgresNotifications,
     SQLiteDataVersion,
 )
-from apikey_middleware.keys import ParsedKey, generate_key, parse_key
+from apikey_middleware.keys import ParsedKey, generate_key
 
-from .conftest import TEST_ROUNDS, Statements, wait_until
+from .conftest import TEST_ROUNDS, Statements, StoreFactory, parsed, wait_until
 
 POLL = 0.5
-
-
-def parsed(key: str) -> ParsedKey:
-    result = parse_key(key)
-    assert result is not None
-    return result
 
 
 def accepts(store: SQLAlchemyKeyStore, key: ParsedKey) -> bool:
@@ -185,18 +179,11 @@ def test_sqlite_channel_reopens_after_a_failure(tmp_path: t.Any) -> None:
     channel.close()
 
 
-def test_rows_kept_are_bounded(tmp_path: t.Any) -> None:
-    store = SQLAlchemyKeyStore(
-        f"sqlite:///{tmp_path / 'keys.db'}",
-        bcrypt_rounds=TEST_ROUNDS,
-        revocation="channel",
-        cache_size=50,
-    )
-    store.create_schema()
+def test_rows_kept_are_bounded(tmp_path: t.Any, store_factory: StoreFactory) -> None:
+    store = store_factory(f"sqlite:///{tmp_path / 'keys.db'}", revocation="channel", cache_size=50)
     for _ in range(500):
         assert not accepts(store, generate_key("test"))
     assert store.verifier.rows_cached == 50
-    store.close()
 
 
 def test_unknown_revocation_mode_is_refused(tmp_path: t.Any) -> None:

@@ -19,9 +19,8 @@ from apikey_middleware._watchdog import watchdog_of
 from apikey_middleware.keys import ParsedKey, generate_key
 from apikey_middleware.principal import Principal
 
-from .conftest import TEST_ROUNDS, server_url
+from .conftest import TEST_ROUNDS, RecordingApp, StoreFactory, bearer, server_url
 from .servers import TcpProxy
-from .test_middleware import RecordingApp, bearer
 
 UNAVAILABLE = {
     "success": False,
@@ -48,12 +47,14 @@ def assert_unavailable(response: TestResponse, app: RecordingApp) -> None:
     ],
 )
 def test_a_server_that_accepts_and_never_answers_gets_503_within_the_timeout(
-    url: str, caplog: pytest.LogCaptureFixture
+    url: str,
+    caplog: pytest.LogCaptureFixture,
+    store_factory: StoreFactory,
 ) -> None:
     app = RecordingApp()
     silent = TcpProxy(1)
     silent.hang()  # connections are accepted, and nothing ever answers
-    store = SQLAlchemyKeyStore(url.format(port=silent.port), bcrypt_rounds=TEST_ROUNDS, timeout=1)
+    store = store_factory(url.format(port=silent.port), timeout=1, schema=False)
     key = generate_key("live").key
     answers: list[TestResponse] = []
     started = time.monotonic()
@@ -73,12 +74,11 @@ def test_a_server_that_accepts_and_never_answers_gets_503_within_the_timeout(
     assert "store unavailable" in caplog.text
     assert key not in caplog.text
     assert key[22:] not in caplog.text
-    store.close()
 
 
-def test_uninitialised_database_gets_503(sqlite_url: str) -> None:
+def test_uninitialised_database_gets_503(sqlite_url: str, store_factory: StoreFactory) -> None:
     app = RecordingApp()
-    store = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS)
+    store = store_factory(sqlite_url, schema=False)
     response = Client(ApiKeyMiddleware(app, store)).get(
         "/", headers=bearer(generate_key("test").key)
     )
@@ -95,10 +95,11 @@ def test_corrupt_sqlite_file_gets_503(sqlite_store: SQLAlchemyKeyStore, tmp_path
     assert_unavailable(response, app)
 
 
-def test_exhausted_pool_gets_503_then_recovers(sqlite_url: str) -> None:
+def test_exhausted_pool_gets_503_then_recovers(
+    sqlite_url: str, store_factory: StoreFactory
+) -> None:
     engine = sa.create_engine(sqlite_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
-    store = SQLAlchemyKeyStore(engine, bcrypt_rounds=TEST_ROUNDS)
-    store.create_schema()
+    store = store_factory(engine)
     issued = store.create_key("n")
     app = RecordingApp()
     client = Client(ApiKeyMiddleware(app, store))
@@ -127,9 +128,11 @@ def test_unexpected_store_error_fails_closed(
     assert key not in caplog.text
 
 
-def test_fault_in_optional_mode_reaches_the_app_without_principal(sqlite_url: str) -> None:
+def test_fault_in_optional_mode_reaches_the_app_without_principal(
+    sqlite_url: str, store_factory: StoreFactory
+) -> None:
     app = RecordingApp()
-    store = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS)  # no tables
+    store = store_factory(sqlite_url, schema=False)  # no tables
     client = Client(ApiKeyMiddleware(app, store, required=False))
     assert client.get("/", headers=bearer(generate_key("test").key)).status_code == 200
     assert app.last["apikey.error"].code == "SERVICE_UNAVAILABLE"
@@ -202,8 +205,10 @@ def test_terminated_postgres_connections_are_replaced_without_a_failed_request(
     assert client.get("/", headers=bearer(issued.key)).status_code == 200
 
 
-def test_the_watchdog_forgets_every_statement_that_ends_however_it_ends() -> None:
-    store = SQLAlchemyKeyStore(server_url("postgresql"), timeout=1)
+def test_the_watchdog_forgets_every_statement_that_ends_however_it_ends(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory(server_url("postgresql"), timeout=1, schema=False)
     watchdog = watchdog_of(store.engine)
     assert watchdog is not None
     for sql in ("SELECT 1", "SELECT pg_sleep(3)", "SELECT * FROM no_such_table", "SELECT 1/0"):
@@ -216,4 +221,3 @@ def test_the_watchdog_forgets_every_statement_that_ends_however_it_ends() -> Non
     assert watchdog.cut == 0
     with store.engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT 2").scalar() == 2
-    store.close()

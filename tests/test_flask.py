@@ -7,9 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flask import Blueprint, Flask, jsonify
+from flask import Flask
 from flask.typing import ResponseReturnValue
-from flask.views import MethodView
 from werkzeug.test import Client, TestResponse
 
 from apikey_middleware import (
@@ -22,65 +21,7 @@ from apikey_middleware import (
 from apikey_middleware.flask import ApiKeys, current_principal, require_scopes
 from apikey_middleware.keys import generate_key
 
-from .conftest import TEST_ROUNDS
-from .test_middleware import bearer
-
-
-def _whoami() -> ResponseReturnValue:
-    principal = current_principal
-    return jsonify(key_id=principal.key_id if principal else None)
-
-
-def make_app(store: SQLAlchemyKeyStore | None = None, **config: t.Any) -> Flask:
-    app = Flask(__name__)
-    app.config.update(config)
-    ApiKeys(app, store=store)
-
-    @app.get("/open")
-    def open_view() -> ResponseReturnValue:
-        return _whoami()
-
-    @app.get("/any")
-    @require_scopes()
-    def any_key() -> ResponseReturnValue:
-        return _whoami()
-
-    @app.get("/read")
-    @require_scopes("clients:read")
-    def read() -> ResponseReturnValue:
-        return _whoami()
-
-    @app.post("/write")
-    @require_scopes("clients:write", "clients:read")
-    def write() -> ResponseReturnValue:
-        return _whoami()
-
-    @app.get("/async")
-    @require_scopes("clients:read")
-    async def async_read() -> ResponseReturnValue:
-        return _whoami()
-
-    blueprint = Blueprint("bp", __name__, url_prefix="/bp")
-
-    @blueprint.get("/read")
-    @require_scopes("clients:read")
-    def bp_read() -> ResponseReturnValue:
-        return _whoami()
-
-    app.register_blueprint(blueprint)
-
-    class Clients(MethodView):
-        decorators: t.ClassVar[list[t.Any]] = [require_scopes("clients:read")]
-
-        def get(self) -> ResponseReturnValue:
-            return _whoami()
-
-        @require_scopes("clients:delete")
-        def delete(self) -> ResponseReturnValue:
-            return _whoami()
-
-    app.add_url_rule("/view", view_func=Clients.as_view("clients"))
-    return app
+from .conftest import TEST_ROUNDS, StoreFactory, bearer, make_app, whoami
 
 
 @pytest.fixture
@@ -267,7 +208,9 @@ def test_invalid_setting_fails_at_init_app_naming_it(
     assert "apikeys" not in app.extensions
 
 
-def test_settings_reach_the_store_and_middleware(sqlite_url: str) -> None:
+def test_settings_reach_the_store_and_middleware(
+    sqlite_url: str, store_factory: StoreFactory
+) -> None:
     app = Flask(__name__)
     app.config.update(
         APIKEY_DATABASE_URL=sqlite_url,
@@ -299,13 +242,11 @@ def test_settings_reach_the_store_and_middleware(sqlite_url: str) -> None:
     assert client.get("/", headers=bearer(test.key)).status_code == 403
     # The key was hashed with the configured pepper: only a store with the
     # same pepper accepts it.
-    unpeppered = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=5, pepper=None)
+    unpeppered = store_factory(sqlite_url, bcrypt_rounds=5, pepper=None, schema=False)
     with pytest.raises(InvalidKeyError):
         unpeppered.authenticate(live.key)
-    unpeppered.close()
-    peppered = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=5, pepper=b"pepper")
+    peppered = store_factory(sqlite_url, bcrypt_rounds=5, pepper=b"pepper", schema=False)
     assert peppered.authenticate(live.key).key_id == live.id
-    peppered.close()
 
 
 def test_default_database_is_in_the_instance_folder(tmp_path: Path) -> None:
@@ -352,7 +293,7 @@ def test_factory_pattern_with_two_apps_and_two_stores_in_one_process(
         @app.get("/")
         @require_scopes()
         def view() -> ResponseReturnValue:
-            return _whoami()
+            return whoami()
 
         return app
 
@@ -413,7 +354,7 @@ def _preflight_app(store: SQLAlchemyKeyStore, **config: t.Any) -> Flask:
     @app.route("/cors", methods=["OPTIONS", "DELETE"])
     @require_scopes("clients:delete")
     def cors() -> ResponseReturnValue:
-        return _whoami()
+        return whoami()
 
     return app
 

@@ -25,7 +25,7 @@ from apikey_middleware.keys import parse_key
 from apikey_middleware.schema import metadata
 from apikey_middleware.usage import UsageWriter
 
-from .test_middleware import RecordingApp, bearer
+from .conftest import RecordingApp, bearer
 
 
 def secrets_of(key: str) -> list[str]:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from apikey_middleware import InvalidKeyError, SQLAlchemyKeyStore
 from apikey_middleware._time import utcnow
 from apikey_middleware.cli import main
-from apikey_middleware.keys import ParsedKey, generate_key, parse_key
+from apikey_middleware.keys import generate_key
 from apikey_middleware.leaks import (
     ReplayedReport,
     identify,
@@ -23,13 +23,7 @@ from apikey_middleware.leaks import (
 )
 from apikey_middleware.schema import ApiKey
 
-from .conftest import Statements
-
-
-def parsed(key: str) -> ParsedKey:
-    result = parse_key(key)
-    assert result is not None
-    return result
+from .conftest import Statements, parsed
 
 
 def test_init_db_creates_the_leak_tables(database_url: str) -> None:

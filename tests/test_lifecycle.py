@@ -8,14 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from apikey_middleware import InvalidKeyError, KeyNotFoundError, SQLAlchemyKeyStore
-from apikey_middleware.keys import ParsedKey, parse_key
 from apikey_middleware.usage import UsageRecord
 
-
-def parsed(key: str) -> ParsedKey:
-    result = parse_key(key)
-    assert result is not None
-    return result
+from .conftest import parsed
 
 
 def test_rotate_issues_a_new_key_with_the_same_grants(store: SQLAlchemyKeyStore) -> None:

@@ -8,7 +8,7 @@ import typing as t
 from collections.abc import Iterable, Iterator
 
 import pytest
-from werkzeug.test import Client, EnvironBuilder, TestResponse, run_wsgi_app
+from werkzeug.test import Client, EnvironBuilder, run_wsgi_app
 
 from apikey_middleware import (
     ApiKeyError,
@@ -19,47 +19,10 @@ from apikey_middleware import (
 )
 from apikey_middleware.keys import generate_key
 
-from .conftest import Statements
+from .conftest import FORBIDDEN, INVALID, MISSING, RecordingApp, Statements, assert_refused, bearer
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
-
-MISSING = {
-    "success": False,
-    "error": {"code": "UNAUTHORIZED", "message": "No API key provided"},
-}
-INVALID = {
-    "success": False,
-    "error": {
-        "code": "INVALID_API_KEY",
-        "message": "The provided API key is invalid or has been revoked",
-    },
-}
-FORBIDDEN = {
-    "success": False,
-    "error": {
-        "code": "FORBIDDEN",
-        "message": "Your API key does not have permission to perform this action",
-    },
-}
-
-
-class RecordingApp:
-    """A tiny WSGI app that remembers the environs it was called with."""
-
-    def __init__(self) -> None:
-        self.environs: list[WSGIEnvironment] = []
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        self.environs.append(environ)
-        principal: Principal | None = environ.get("apikey.principal")
-        body = {"key_id": principal.key_id if principal else None}
-        start_response("200 OK", [("Content-Type", "application/json")])
-        return [json.dumps(body).encode()]
-
-    @property
-    def last(self) -> WSGIEnvironment:
-        return self.environs[-1]
 
 
 @pytest.fixture
@@ -90,20 +53,6 @@ def client(app: RecordingApp, sqlite_store: SQLAlchemyKeyStore) -> Client:
     return Client(
         ApiKeyMiddleware(app, sqlite_store, rules=RULES, public=["/health", "/static/<path:p>"])
     )
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def assert_refused(
-    response: TestResponse, status: int, body: dict[str, object], challenge: str | None
-) -> None:
-    assert response.status_code == status
-    assert response.json == body
-    assert response.headers["Content-Type"] == "application/json"
-    assert response.headers["Cache-Control"] == "no-store"
-    assert response.headers.get("WWW-Authenticate") == challenge
 
 
 def test_valid_key_reaches_the_app_with_its_principal(

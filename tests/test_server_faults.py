@@ -28,7 +28,7 @@ from apikey_middleware.schema import metadata
 from apikey_middleware.usage import UsageWriter
 from examples import legacy_app
 
-from .conftest import TEST_ROUNDS, server_url, wait_until
+from .conftest import TEST_ROUNDS, StoreFactory, server_url, wait_until
 from .pool_app import POOL_TIMEOUT
 from .servers import Gunicorn, TcpProxy, gunicorn, request
 
@@ -306,14 +306,16 @@ def serve_through_outage(
 
 
 def test_usage_writes_outlive_a_postgres_outage_without_failing_requests(
-    proxied_postgres: tuple[TcpProxy, str], caplog: pytest.LogCaptureFixture
+    proxied_postgres: tuple[TcpProxy, str],
+    caplog: pytest.LogCaptureFixture,
+    store_factory: StoreFactory,
 ) -> None:
     proxy, proxied_url = proxied_postgres
     key = seed_key(proxied_url)
     # Requests read keys directly; only the usage writer goes through the
     # proxy, so its outage is all that fails.
-    reader = SQLAlchemyKeyStore(server_url("postgresql"))
-    logs_to = SQLAlchemyKeyStore(proxied_url, timeout=1.0)
+    reader = store_factory(server_url("postgresql"), schema=False)
+    logs_to = store_factory(proxied_url, timeout=1.0, schema=False)
     guarded = ApiKeyMiddleware(
         legacy_app.clients_app, reader, usage_writer=UsageWriter(logs_to, interval=0.2)
     )
@@ -324,17 +326,17 @@ def test_usage_writes_outlive_a_postgres_outage_without_failing_requests(
     guarded.close()
     key_id = parse_key(key).key_id  # type: ignore[union-attr]
     assert usage_rows(proxied_url, key_id) == 8
-    reader.close()
-    logs_to.close()
 
 
 def test_usage_writes_outlive_another_sqlite_writer_without_failing_requests(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    store_factory: StoreFactory,
 ) -> None:
     path = tmp_path / "locked.db"
     url = f"sqlite:///{path}"
     key = seed_key(url)
-    store = SQLAlchemyKeyStore(url, timeout=0.3)
+    store = store_factory(url, timeout=0.3, schema=False)
     guarded = ApiKeyMiddleware(
         legacy_app.clients_app, store, usage_writer=UsageWriter(store, interval=0.2)
     )
@@ -351,4 +353,3 @@ def test_usage_writes_outlive_another_sqlite_writer_without_failing_requests(
     guarded.close()
     key_id = parse_key(key).key_id  # type: ignore[union-attr]
     assert usage_rows(url, key_id) == 8
-    store.close()

@@ -13,16 +13,10 @@ from apikey_middleware import (
     Principal,
     SQLAlchemyKeyStore,
 )
-from apikey_middleware.keys import generate_key, parse_key
+from apikey_middleware.keys import generate_key
 from apikey_middleware.schema import ApiKey, metadata
 
-from .conftest import TEST_ROUNDS
-
-
-def _parsed(key: str):  # type: ignore[no-untyped-def]
-    parsed = parse_key(key)
-    assert parsed is not None
-    return parsed
+from .conftest import TEST_ROUNDS, StoreFactory, parsed
 
 
 def test_create_schema_is_idempotent(store: SQLAlchemyKeyStore) -> None:
@@ -44,7 +38,7 @@ def test_created_key_is_returned_once_and_stored_only_as_a_hash(
         "billing", key_type="live", scopes=["clients:write", "clients:read"], owner="acme"
     )
     assert issued.key.startswith("sk_live_")
-    assert issued.id == issued.record.id == _parsed(issued.key).key_id
+    assert issued.id == issued.record.id == parsed(issued.key).key_id
     record = issued.record
     assert record.name == "billing"
     assert record.key_type == "live"
@@ -150,7 +144,7 @@ def test_key_not_found_never_repeats_a_pasted_key(store: SQLAlchemyKeyStore) -> 
 
 def test_authenticate_returns_the_principal(store: SQLAlchemyKeyStore) -> None:
     issued = store.create_key("n", key_type="live", scopes=["clients:*"], owner="acme")
-    principal = store.authenticate(_parsed(issued.key))
+    principal = store.authenticate(parsed(issued.key))
     assert principal == Principal(issued.id, "n", "live", frozenset({"clients:*"}), "acme")
 
 
@@ -165,24 +159,21 @@ def test_authenticate_refuses_unknown_wrong_revoked_and_expired_keys(
     wrong_secret = generate_key("test", real.id).key
     for key in (generate_key("test").key, wrong_secret, revoked.key, expired.key):
         with pytest.raises(InvalidKeyError):
-            store.authenticate(_parsed(key))
+            store.authenticate(parsed(key))
 
 
-def test_revoke_in_one_store_holds_at_once_in_another(database_url: str) -> None:
+def test_revoke_in_one_store_holds_at_once_in_another(
+    database_url: str, store_factory: StoreFactory
+) -> None:
     # Two stores, two engines and pools: as two processes would have.
-    first = SQLAlchemyKeyStore(database_url, bcrypt_rounds=TEST_ROUNDS)
-    second = SQLAlchemyKeyStore(database_url, bcrypt_rounds=TEST_ROUNDS)
-    try:
-        first.create_schema()
-        issued = first.create_key("shared")
-        key = _parsed(issued.key)
-        assert second.authenticate(key).key_id == issued.id
-        first.revoke(issued.id)
-        with pytest.raises(InvalidKeyError):
-            second.authenticate(key)
-    finally:
-        first.close()
-        second.close()
+    first = store_factory(database_url)
+    second = store_factory(database_url, schema=False)
+    issued = first.create_key("shared")
+    key = parsed(issued.key)
+    assert second.authenticate(key).key_id == issued.id
+    first.revoke(issued.id)
+    with pytest.raises(InvalidKeyError):
+        second.authenticate(key)
 
 
 def test_key_id_collision_draws_again(
@@ -196,10 +187,9 @@ def test_key_id_collision_draws_again(
     assert len(store.list_keys()) == 2
 
 
-def test_store_repr_hides_the_password() -> None:
-    store = SQLAlchemyKeyStore("postgresql+psycopg://user:hunter2@127.0.0.1:1/db")
+def test_store_repr_hides_the_password(store_factory: StoreFactory) -> None:
+    store = store_factory("postgresql+psycopg://user:hunter2@127.0.0.1:1/db", schema=False)
     assert "hunter2" not in repr(store)
-    store.close()
 
 
 @pytest.mark.parametrize(
@@ -221,9 +211,7 @@ def test_sqlite_store_uses_wal(sqlite_store: SQLAlchemyKeyStore) -> None:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
-def test_in_memory_sqlite_store_works() -> None:
-    store = SQLAlchemyKeyStore("sqlite://", bcrypt_rounds=TEST_ROUNDS)
-    store.create_schema()
+def test_in_memory_sqlite_store_works(store_factory: StoreFactory) -> None:
+    store = store_factory("sqlite://")
     issued = store.create_key("n")
-    assert store.authenticate(_parsed(issued.key)).key_id == issued.id
-    store.close()
+    assert store.authenticate(parsed(issued.key)).key_id == issued.id

@@ -18,9 +18,7 @@ from apikey_middleware import (
 )
 from apikey_middleware.keys import generate_key
 
-from .conftest import Statements
-from .test_flask import make_app
-from .test_middleware import INVALID, RecordingApp, bearer
+from .conftest import INVALID, RecordingApp, Statements, StoreFactory, bearer, make_app
 
 TOO_MANY = {
     "success": False,
@@ -103,7 +101,10 @@ def assert_too_many(response: t.Any, token: str, retry_after: str) -> None:
 
 
 def test_a_valid_key_new_to_the_process_is_not_shut_out_behind_a_busy_address(
-    sqlite_url: str, key: IssuedKey, clock: Clock
+    sqlite_url: str,
+    key: IssuedKey,
+    clock: Clock,
+    store_factory: StoreFactory,
 ) -> None:
     throttle = FailureThrottle(3, 60, clock=clock)
     shared = {"REMOTE_ADDR": "192.0.2.50"}  # one NAT: an attacker and a customer
@@ -113,11 +114,10 @@ def test_a_valid_key_new_to_the_process_is_not_shut_out_behind_a_busy_address(
     for _ in range(10):
         guess(first, key, shared)
     # A process that has never verified the key, sharing the same count.
-    fresh = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=4)
+    fresh = store_factory(sqlite_url, bcrypt_rounds=4, schema=False)
     other = Client(ApiKeyMiddleware(RecordingApp(), fresh, throttle=throttle, log_usage=False))
     assert other.get("/", headers=bearer(key.key), environ_base=shared).status_code == 200
     assert guess(other, key, shared).status_code == 429
-    fresh.close()
 
 
 def test_concurrent_guesses_count_as_they_arrive(

@@ -8,14 +8,14 @@ import bcrypt
 import pytest
 import sqlalchemy as sa
 
-from apikey_middleware import InvalidKeyError, SQLAlchemyKeyStore
+from apikey_middleware import InvalidKeyError
 from apikey_middleware._time import utcnow
 from apikey_middleware.hashing import KeyHasher
 from apikey_middleware.keys import generate_key
 from apikey_middleware.leaks import leaks_of
 from apikey_middleware.schema import ApiKey, metadata
 
-from .conftest import TEST_ROUNDS
+from .conftest import TEST_ROUNDS, StoreFactory
 from .legacy_schema import fill_0_1, legacy_metadata
 
 PEPPER = b"upgrade pepper"
@@ -36,34 +36,33 @@ def old_database(database_url: str) -> Iterator[tuple[str, str, str]]:
     engine.dispose()
 
 
-def test_old_keys_and_usage_survive_the_upgrade(old_database: tuple[str, str, str]) -> None:
+def test_old_keys_and_usage_survive_the_upgrade(
+    old_database: tuple[str, str, str], store_factory: StoreFactory
+) -> None:
     url, key, key_id = old_database
-    store = SQLAlchemyKeyStore(url, bcrypt_rounds=TEST_ROUNDS, pepper=PEPPER)
-    store.create_schema()
+    store = store_factory(url, pepper=PEPPER)
     store.create_schema()  # a second run changes nothing
-    try:
-        record = store.get_key(key_id)
-        assert record is not None
-        assert (record.name, record.key_type, record.scopes, record.owner) == (
-            "from 0.1",
-            "live",
-            ("clients:read",),
-            "acme",
-        )
-        assert store.authenticate(key).key_id == key_id
-        assert sorted(row.status for row in store.usage(key_id)) == [200, 403]
-        assert leaks_of(store, key_id) == []  # the tables 0.1.0 did not have
-        assert store.create_key("new").record.id != key_id
-    finally:
-        store.close()
+    record = store.get_key(key_id)
+    assert record is not None
+    assert (record.name, record.key_type, record.scopes, record.owner) == (
+        "from 0.1",
+        "live",
+        ("clients:read",),
+        "acme",
+    )
+    assert store.authenticate(key).key_id == key_id
+    assert sorted(row.status for row in store.usage(key_id)) == [200, 403]
+    assert leaks_of(store, key_id) == []  # the tables 0.1.0 did not have
+    assert store.create_key("new").record.id != key_id
 
 
 def test_an_old_key_gets_its_check_value_on_first_use(
-    old_database: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+    old_database: tuple[str, str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    store_factory: StoreFactory,
 ) -> None:
     url, key, key_id = old_database
-    store = SQLAlchemyKeyStore(url, bcrypt_rounds=TEST_ROUNDS, pepper=PEPPER)
-    store.create_schema()
+    store = store_factory(url, pepper=PEPPER)
     checks: list[bytes] = []
     checkpw = bcrypt.checkpw
 
@@ -72,29 +71,23 @@ def test_an_old_key_gets_its_check_value_on_first_use(
         return bool(checkpw(password, hashed))
 
     monkeypatch.setattr(bcrypt, "checkpw", counting)
-    try:
-        with store.engine.connect() as connection:
-            stored = connection.execute(sa.select(ApiKey.key_check)).scalar_one()
-        assert stored is None
-        # Before its first use, a wrong secret still costs bcrypt...
+    with store.engine.connect() as connection:
+        stored = connection.execute(sa.select(ApiKey.key_check)).scalar_one()
+    assert stored is None
+    # Before its first use, a wrong secret still costs bcrypt...
+    with pytest.raises(InvalidKeyError):
+        store.authenticate(generate_key("live", key_id).key)
+    assert len(checks) == 1
+    assert store.authenticate(key).key_id == key_id
+    assert len(checks) == 2
+    with store.engine.connect() as connection:
+        stored = connection.execute(sa.select(ApiKey.key_check)).scalar_one()
+    assert stored == store.hasher.check_value(key)
+    # ...and after it, in any process, none.
+    other = store_factory(url, pepper=PEPPER, schema=False)
+    for _ in range(20):
         with pytest.raises(InvalidKeyError):
-            store.authenticate(generate_key("live", key_id).key)
-        assert len(checks) == 1
-        assert store.authenticate(key).key_id == key_id
-        assert len(checks) == 2
-        with store.engine.connect() as connection:
-            stored = connection.execute(sa.select(ApiKey.key_check)).scalar_one()
-        assert stored == store.hasher.check_value(key)
-        # ...and after it, in any process, none.
-        other = SQLAlchemyKeyStore(url, bcrypt_rounds=TEST_ROUNDS, pepper=PEPPER)
-        try:
-            for _ in range(20):
-                with pytest.raises(InvalidKeyError):
-                    other.authenticate(generate_key("live", key_id).key)
-            assert len(checks) == 2
-            assert other.authenticate(key).key_id == key_id
-            assert len(checks) == 3
-        finally:
-            other.close()
-    finally:
-        store.close()
+            other.authenticate(generate_key("live", key_id).key)
+    assert len(checks) == 2
+    assert other.authenticate(key).key_id == key_id
+    assert len(checks) == 3

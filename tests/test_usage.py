@@ -19,8 +19,7 @@ from apikey_middleware.flask import ApiKeys, require_scopes
 from apikey_middleware.keys import generate_key
 from apikey_middleware.usage import UsageRecord, UsageWriter
 
-from .conftest import TEST_ROUNDS
-from .test_middleware import RecordingApp, bearer
+from .conftest import TEST_ROUNDS, RecordingApp, StoreFactory, bearer
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -224,12 +223,13 @@ def test_bad_writer_settings_are_refused(sqlite_store: SQLAlchemyKeyStore) -> No
             UsageWriter(sqlite_store, **options)
 
 
-def test_buffered_rows_are_written_at_interpreter_exit(sqlite_url: str) -> None:
+def test_buffered_rows_are_written_at_interpreter_exit(
+    sqlite_url: str, store_factory: StoreFactory
+) -> None:
     import subprocess
     import sys
 
-    store = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS)
-    store.create_schema()
+    store = store_factory(sqlite_url)
     issued = store.create_key("n")
     program = f"""
 from werkzeug.test import Client

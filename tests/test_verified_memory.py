@@ -21,11 +21,10 @@ from apikey_middleware import (
     SQLAlchemyKeyStore,
     StoreUnavailableError,
 )
-from apikey_middleware.keys import ParsedKey, generate_key, parse_key
+from apikey_middleware.keys import generate_key
 from apikey_middleware.schema import ApiKey
 
-from .conftest import TEST_ROUNDS, Statements
-from .test_middleware import RecordingApp, bearer
+from .conftest import RecordingApp, Statements, StoreFactory, bearer, parsed
 
 
 class CountingCheckpw:
@@ -63,12 +62,6 @@ def clear_check(store: SQLAlchemyKeyStore, key_id: str) -> None:
     """Make the row look like one from before check values existed."""
     with store.engine.begin() as connection:
         connection.execute(sa.update(ApiKey).where(ApiKey.id == key_id).values(key_check=None))
-
-
-def parsed(key: str) -> ParsedKey:
-    result = parse_key(key)
-    assert result is not None
-    return result
 
 
 def test_bcrypt_runs_once_per_verified_key(
@@ -113,9 +106,10 @@ def test_failure_memory_is_tied_to_the_stored_hash(
     assert checkpw.calls == 2
 
 
-def test_failure_memory_is_bounded(sqlite_url: str, checkpw: CountingCheckpw) -> None:
-    store = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS, cache_size=3)
-    store.create_schema()
+def test_failure_memory_is_bounded(
+    sqlite_url: str, checkpw: CountingCheckpw, store_factory: StoreFactory
+) -> None:
+    store = store_factory(sqlite_url, cache_size=3)
     issued = store.create_key("n")
     clear_check(store, issued.id)
     for _ in range(10):
@@ -123,14 +117,14 @@ def test_failure_memory_is_bounded(sqlite_url: str, checkpw: CountingCheckpw) ->
             store.authenticate(generate_key("test", issued.id))
     assert checkpw.calls == 10
     assert store.verifier.failures_remembered == 3
-    store.close()
 
 
 def test_bcrypt_checks_at_once_are_bounded(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    store_factory: StoreFactory,
 ) -> None:
-    store = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS, bcrypt_concurrency=2)
-    store.create_schema()
+    store = store_factory(sqlite_url, bcrypt_concurrency=2)
     issued = store.create_key("n")
     clear_check(store, issued.id)
     running = 0
@@ -160,16 +154,14 @@ def test_bcrypt_checks_at_once_are_bounded(
     for thread in threads:
         thread.join()
     assert most == 2
-    store.close()
 
 
 def test_a_bcrypt_check_that_waits_too_long_is_refused_as_unavailable(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    store_factory: StoreFactory,
 ) -> None:
-    store = SQLAlchemyKeyStore(
-        sqlite_url, bcrypt_rounds=TEST_ROUNDS, bcrypt_concurrency=1, timeout=0.2
-    )
-    store.create_schema()
+    store = store_factory(sqlite_url, bcrypt_concurrency=1, timeout=0.2)
     first, second = store.create_key("first"), store.create_key("second")
     release = threading.Event()
     checkpw = bcrypt.checkpw
@@ -193,7 +185,6 @@ def test_a_bcrypt_check_that_waits_too_long_is_refused_as_unavailable(
         .status_code
         == 200
     )
-    store.close()
 
 
 @pytest.mark.parametrize("concurrency", [0, -1, "2", True])
@@ -224,26 +215,26 @@ def test_changed_scopes_are_seen_at_once(sqlite_store: SQLAlchemyKeyStore) -> No
     assert sqlite_store.authenticate(key).scopes == {"b"}
 
 
-def test_memory_is_bounded(sqlite_url: str, checkpw: CountingCheckpw) -> None:
-    store = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS, cache_size=2)
-    store.create_schema()
+def test_memory_is_bounded(
+    sqlite_url: str, checkpw: CountingCheckpw, store_factory: StoreFactory
+) -> None:
+    store = store_factory(sqlite_url, cache_size=2)
     keys = [parsed(store.create_key(f"k{n}").key) for n in range(3)]
     for key in keys:
         store.authenticate(key)
     store.authenticate(keys[0])  # forgotten: the oldest of three in a memory of two
     assert checkpw.calls == 4
     assert store.verifier.remembered == 2
-    store.close()
 
 
-def test_cache_size_zero_runs_bcrypt_every_time(sqlite_url: str, checkpw: CountingCheckpw) -> None:
-    store = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS, cache_size=0)
-    store.create_schema()
+def test_cache_size_zero_runs_bcrypt_every_time(
+    sqlite_url: str, checkpw: CountingCheckpw, store_factory: StoreFactory
+) -> None:
+    store = store_factory(sqlite_url, cache_size=0)
     key = parsed(store.create_key("n").key)
     store.authenticate(key)
     store.authenticate(key)
     assert checkpw.calls == 2
-    store.close()
 
 
 _CODE = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType)
@@ -328,11 +319,13 @@ def test_a_remembered_key_is_refused_once_it_expires(
 
 
 def test_new_wrong_secrets_for_a_real_id_run_no_bcrypt_from_the_first_request(
-    store: SQLAlchemyKeyStore, checkpw: CountingCheckpw
+    store: SQLAlchemyKeyStore,
+    checkpw: CountingCheckpw,
+    store_factory: StoreFactory,
 ) -> None:
     issued = store.create_key("n", key_type="live")
     # A process that has never seen the key: nothing remembered.
-    fresh = SQLAlchemyKeyStore(store.engine, bcrypt_rounds=TEST_ROUNDS)
+    fresh = store_factory(store.engine, schema=False)
     for _ in range(200):
         with pytest.raises(InvalidKeyError):
             fresh.authenticate(generate_key("live", issued.id).key)
@@ -341,9 +334,10 @@ def test_new_wrong_secrets_for_a_real_id_run_no_bcrypt_from_the_first_request(
     assert checkpw.calls == 1
 
 
-def test_check_value_is_short_keyed_by_the_pepper_and_not_the_key(sqlite_url: str) -> None:
-    peppered = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS, pepper=b"one")
-    peppered.create_schema()
+def test_check_value_is_short_keyed_by_the_pepper_and_not_the_key(
+    sqlite_url: str, store_factory: StoreFactory
+) -> None:
+    peppered = store_factory(sqlite_url, pepper=b"one")
     issued = peppered.create_key("n")
     with peppered.engine.connect() as connection:
         stored = connection.execute(sa.select(ApiKey.key_check)).scalar_one()
@@ -351,9 +345,7 @@ def test_check_value_is_short_keyed_by_the_pepper_and_not_the_key(sqlite_url: st
     assert len(stored) == 12
     assert int(stored, 16) >= 0
     assert stored not in issued.key
-    other = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS, pepper=b"two")
+    other = store_factory(sqlite_url, pepper=b"two", schema=False)
     assert other.hasher.check_value(issued.key) != stored
     with pytest.raises(InvalidKeyError):
         other.authenticate(issued.key)
-    other.close()
-    peppered.close()
