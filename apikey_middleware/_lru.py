@@ -6,6 +6,8 @@ import threading
 import typing as t
 from collections import OrderedDict
 
+from ._checks import integer
+
 K = t.TypeVar("K")
 V = t.TypeVar("V")
 
@@ -20,9 +22,7 @@ class LRUCache(t.Generic[K, V]):
     __slots__ = ("_data", "_lock", "maxsize")
 
     def __init__(self, maxsize: int) -> None:
-        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 0:
-            raise ValueError(f"cache size must be a non-negative integer, not {maxsize!r}")
-        self.maxsize = maxsize
+        self.maxsize = integer("cache size", maxsize, low=0)
         self._data: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
 

@@ -25,6 +25,8 @@ import os
 
 import bcrypt
 
+from ._checks import integer
+
 #: bcrypt's cost factor when none is given.
 DEFAULT_ROUNDS = 12
 
@@ -53,8 +55,7 @@ class KeyHasher:
     __slots__ = ("_check_key", "_pepper", "rounds")
 
     def __init__(self, rounds: int = DEFAULT_ROUNDS, pepper: bytes | None = None) -> None:
-        if isinstance(rounds, bool) or not isinstance(rounds, int) or not 4 <= rounds <= 31:
-            raise ValueError(f"bcrypt rounds must be an integer from 4 to 31, not {rounds!r}")
+        integer("bcrypt rounds", rounds, low=4, high=31)
         if pepper is None:
             pepper = pepper_from_environ()
         elif not isinstance(pepper, bytes):

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from werkzeug.wsgi import get_path_info
 
+from ._checks import integer
 from .errors import (
     ApiKeyError,
     BadRequestError,
@@ -164,9 +165,7 @@ class ApiKeyMiddleware:
         self.environ_key = environ_key
         self.hide_credentials = hide_credentials
         self.preflight = preflight
-        if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 1:
-            raise ValueError(f"retry_after must be a positive integer, not {retry_after!r}")
-        self.retry_after = retry_after
+        self.retry_after = integer("retry_after", retry_after)
         if log_usage and usage_writer is None:
             if not callable(getattr(store, "record_usage", None)):
                 raise ValueError(

@@ -21,6 +21,7 @@ import typing as t
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from ._checks import integer
 from .keys import CHECKSUM_LENGTH, ID_LENGTH, SECRET_LENGTH, ParsedKey, display_prefix, parse_key
 
 #: Files larger than this are skipped unless told otherwise.
@@ -97,9 +98,7 @@ class Scanner:
     """
 
     def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE, exclude: Iterable[str] = ()) -> None:
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-            raise ValueError(f"max_size must be a positive number of bytes, not {max_size!r}")
-        self.max_size = max_size
+        self.max_size = integer("max_size", max_size)
         self.exclude = tuple(exclude)
         self.stats = ScanStats()
 

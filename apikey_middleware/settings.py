@@ -10,36 +10,19 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy import exc
 
+from ._checks import integer, number
 from .changes import REVOCATION_MODES
 from .hashing import DEFAULT_ROUNDS
 from .keys import KEY_TYPES
 from .verifier import DEFAULT_CACHE_SIZE
 
 
-def _number(*, positive: bool) -> Callable[[str, object], float]:
-    def check(name: str, value: object) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ValueError(f"{name} must be a number of zero or more, not {value!r}")
-        if positive and value == 0:
-            raise ValueError(f"{name} must be more than zero, not {value!r}")
-        return float(value)
-
-    return check
+def _number(name: str, value: object) -> float:
+    return number(name, value)
 
 
 def _integer(low: int, high: int | None = None) -> Callable[[str, object], int]:
-    def check(name: str, value: object) -> int:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or value < low
-            or (high is not None and value > high)
-        ):
-            span = f"from {low} to {high}" if high is not None else f"of {low} or more"
-            raise ValueError(f"{name} must be an integer {span}, not {value!r}")
-        return value
-
-    return check
+    return lambda name, value: integer(name, value, low=low, high=high)
 
 
 def _flag(name: str, value: object) -> bool:
@@ -92,16 +75,16 @@ SETTINGS: dict[str, tuple[object, Callable[[str, t.Any], t.Any]]] = {
     "APIKEY_BCRYPT_ROUNDS": (DEFAULT_ROUNDS, _integer(4, 31)),
     "APIKEY_PEPPER": (None, _pepper),
     "APIKEY_CACHE_SIZE": (DEFAULT_CACHE_SIZE, _integer(0)),
-    "APIKEY_TIMEOUT": (5.0, _number(positive=True)),
+    "APIKEY_TIMEOUT": (5.0, _number),
     "APIKEY_RETRY_AFTER": (5, _integer(1)),
     "APIKEY_KEY_TYPES": (KEY_TYPES, _key_types),
     "APIKEY_HIDE_CREDENTIALS": (False, _flag),
     "APIKEY_PREFLIGHT": (False, _flag),
     "APIKEY_LOG_USAGE": (True, _flag),
     "APIKEY_REVOCATION": ("immediate", _revocation),
-    "APIKEY_POLL_INTERVAL": (1.0, _number(positive=True)),
+    "APIKEY_POLL_INTERVAL": (1.0, _number),
     "APIKEY_THROTTLE_LIMIT": (0, _integer(0)),
-    "APIKEY_THROTTLE_WINDOW": (60, _number(positive=True)),
+    "APIKEY_THROTTLE_WINDOW": (60, _number),
 }
 
 

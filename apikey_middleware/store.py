@@ -20,6 +20,7 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from ._checks import integer, number
 from ._engine import create_store_engine
 from ._time import check_aware, utcnow
 from .changes import REVOCATION_MODES, ChangeChannel, Revocation, announce, channel_for
@@ -35,11 +36,6 @@ from .verifier import DEFAULT_CACHE_SIZE, Verifier
 
 _CREATE_ATTEMPTS = 3
 _SCHEMA_TIMEOUT = 60.0
-
-
-def _positive(name: str, value: object, kind: type | tuple[type, ...]) -> None:
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:  # type: ignore[operator]
-        raise ValueError(f"{name} must be a positive number, not {value!r}")
 
 
 class SQLAlchemyKeyStore:
@@ -101,20 +97,12 @@ class SQLAlchemyKeyStore:
             raise ValueError(
                 f"revocation must be one of {', '.join(REVOCATION_MODES)}, not {revocation!r}"
             )
-        _positive("poll_interval", poll_interval, (int, float))
-        _positive("timeout", timeout, (int, float))
+        number("poll_interval", poll_interval)
+        number("timeout", timeout)
         if bcrypt_concurrency is None:
             bcrypt_concurrency = max(1, (os.cpu_count() or 2) // 2)
-        if (
-            isinstance(bcrypt_concurrency, bool)
-            or not isinstance(bcrypt_concurrency, int)
-            or bcrypt_concurrency < 1
-        ):
-            raise ValueError(
-                f"bcrypt_concurrency must be a positive integer, not {bcrypt_concurrency!r}"
-            )
-        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
-            raise ValueError(f"cache size must be a non-negative integer, not {cache_size!r}")
+        integer("bcrypt_concurrency", bcrypt_concurrency)
+        integer("cache size", cache_size, low=0)
         self.hasher = KeyHasher(bcrypt_rounds, pepper)
         if isinstance(url_or_engine, Engine):
             self.engine = url_or_engine

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ._checks import integer, number
 from ._lru import LRUCache
 
 
@@ -47,12 +48,8 @@ class FailureThrottle:
         max_addresses: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"throttle limit must be a positive integer, not {limit!r}")
-        if isinstance(window, bool) or not isinstance(window, int | float) or window <= 0:
-            raise ValueError(f"throttle window must be a positive number, not {window!r}")
-        self.limit = limit
-        self.window = float(window)
+        self.limit = integer("throttle limit", limit)
+        self.window = number("throttle window", window)
         self._clock = clock
         # address -> [window start, attempts counted in it]
         self._attempts: LRUCache[str, list[float]] = LRUCache(max_addresses)

@@ -20,6 +20,7 @@ import weakref
 from collections import deque
 from datetime import UTC, datetime
 
+from ._checks import integer, number
 from .schema import MAX_PATH_LENGTH
 
 if t.TYPE_CHECKING:
@@ -100,15 +101,10 @@ class UsageWriter:
         batch_size: int = 1000,
         interval: float = 1.0,
     ) -> None:
-        for name, value in (
-            ("max_pending", max_pending),
-            ("max_pending_bytes", max_pending_bytes),
-            ("batch_size", batch_size),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
-        if not isinstance(interval, int | float) or interval <= 0:
-            raise ValueError(f"interval must be a positive number of seconds, not {interval!r}")
+        integer("max_pending", max_pending)
+        integer("max_pending_bytes", max_pending_bytes)
+        integer("batch_size", batch_size)
+        number("interval", interval)
         self.store = store
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes

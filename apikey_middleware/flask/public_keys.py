@@ -30,6 +30,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from .._checks import number
+
 logger = logging.getLogger("apikey_middleware")
 
 GITHUB_PUBLIC_KEYS_URL = "https://api.github.com/meta/public_keys/secret_scanning"
@@ -70,19 +72,11 @@ class PublicKeys:
     ) -> None:
         if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
             raise ValueError("public_keys_url must be an http or https URL")
-        for name, value in (
-            ("timeout", timeout),
-            ("ttl", ttl),
-            ("refetch_interval", refetch_interval),
-            ("retry_interval", retry_interval),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
         self.url = url
-        self.timeout = timeout
-        self.ttl = ttl
-        self.refetch_interval = refetch_interval
-        self.retry_interval = retry_interval
+        self.timeout = number("timeout", timeout)
+        self.ttl = number("ttl", ttl)
+        self.refetch_interval = number("refetch_interval", refetch_interval)
+        self.retry_interval = number("retry_interval", retry_interval)
         self._keys: dict[str, ec.EllipticCurvePublicKey] = {}
         self._fetched_at: float | None = None
         self._tried_at: float | None = None

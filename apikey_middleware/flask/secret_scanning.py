@@ -33,6 +33,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
 from .. import leaks
+from .._checks import integer
 from ..errors import ApiKeyError, ServiceUnavailableError
 from ..keys import ParsedKey, parse_key
 from ..leaks import LeakedKey
@@ -324,13 +325,9 @@ def create_blueprint(
         raise ValueError(f"action must be one of {', '.join(ACTIONS)}, not {action!r}")
     if on_leak is not None and not callable(on_leak):
         raise TypeError(f"on_leak must be callable, not {type(on_leak).__name__}")
-    for label, bound in (
-        ("max_body_size", max_body_size),
-        ("max_tokens", max_tokens),
-        ("max_checks", max_checks),
-    ):
-        if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
-            raise ValueError(f"{label} must be a positive integer, not {bound!r}")
+    integer("max_body_size", max_body_size)
+    integer("max_tokens", max_tokens)
+    integer("max_checks", max_checks)
     keys = PublicKeys(
         public_keys_url,
         timeout=timeout,
