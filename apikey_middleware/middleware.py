@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import typing as t
+import urllib.parse
 from collections.abc import Iterable, Sequence
 
 from werkzeug.wsgi import get_path_info
@@ -124,8 +125,8 @@ class ApiKeyMiddleware:
         )
 
     A request with ``X-HTTP-Method-Override`` (or ``X-HTTP-Method``,
-    ``X-Method-Override``) needs the scopes of both its method and the one
-    it asks for.
+    ``X-Method-Override``, or a ``_method`` query parameter) needs the
+    scopes of both its method and the one it asks for.
 
     Override :meth:`authenticate` or :meth:`authorize` to change how a
     request is judged.
@@ -186,13 +187,15 @@ class ApiKeyMiddleware:
         needs = self.rules.needs(method, raw_path)
         if not isinstance(needs, tuple):
             return needs
-        for header in _OVERRIDE_HEADERS:
-            override = environ.get(header)
-            if override is not None:
-                other = self.rules.needs(override.strip().upper(), raw_path)
-                if not isinstance(other, tuple):
-                    return Verdict.BAD_REQUEST
-                needs = tuple(sorted({*needs, *other}))
+        overrides = [environ[header] for header in _OVERRIDE_HEADERS if header in environ]
+        query = environ.get("QUERY_STRING")
+        if query and "_method" in query:
+            overrides += urllib.parse.parse_qs(query, keep_blank_values=True).get("_method", [])
+        for override in overrides:
+            other = self.rules.needs(override.strip().upper(), raw_path)
+            if not isinstance(other, tuple):
+                return Verdict.BAD_REQUEST
+            needs = tuple(sorted({*needs, *other}))
         return needs
 
     def authenticate(self, environ: WSGIEnvironment) -> Principal:

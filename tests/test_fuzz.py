@@ -11,7 +11,9 @@ import os
 import re
 import string
 import typing as t
+import unicodedata
 from collections.abc import Iterable, Iterator
+from urllib.parse import parse_qs
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -78,8 +80,10 @@ PATHS = [
     "/health", "/health/", "//health", "health", "/elsewhere", "/",
     "/v1/./clients", "/v1/x/../clients", "/health/..", "/static/%2e%2e/v1", "/v1%2fclients",
     "/v1/..;/clients", "/v1\\..\\clients", "/v1/clients\x00", "/v1/caf\xc3\xa9", "/.well-known/x",
+    "/v1/clients;x", "/V1/Clients", "/HEALTH", "/health;x", "/v1/%63lients", "/static/x.",
+    "/v1/\xef\xbc\x8e\xef\xbc\x8e/x",
 ]  # fmt: skip
-METHODS = ["GET", "POST", "OPTIONS", "DELETE", "HEAD", "get", "PATCH", "G" * 40, "GE T", ""]
+METHODS = ["GET", "POST", "OPTIONS", "DELETE", "HEAD", "get", "PATCH", "PROPFIND", "G" * 40, ""]
 OVERRIDES = ["DELETE", "POST", "GET", "", "D E L"]
 
 
@@ -152,28 +156,53 @@ def _method_ok(method: str) -> bool:
 
 
 def _path_ok(raw: str) -> bool:
+    if len(raw) > 8192:
+        return False
     path = raw.encode("latin-1").decode("utf-8", "replace")
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in path):
+    if any(ord(char) < 0x20 or ord(char) == 0x7F or char == "\\" for char in path):
         return False
-    lowered = path.lower()
-    if any(code in lowered for code in ("%2e", "%2f", "%5c", "%25")):
+    if re.search("%[0-9a-fA-F][0-9a-fA-F]", path):
         return False
-    segments = path.replace("\\", "/").split("/")
+    if unicodedata.normalize("NFKC", path) != path:
+        return False
+    segments = path.split("/")
+    if any(segment.endswith((".", " ")) for segment in segments):
+        return False
     return not any(segment.split(";")[0] in (".", "..") for segment in segments)
 
 
-def _normal(raw: str) -> str:
+def _spellings(raw: str) -> set[str]:
     path = raw.encode("latin-1").decode("utf-8", "replace")
+    forms = {path, re.sub(";[^/]*", "", path)}
+    return forms | {form.lower() for form in forms}
+
+
+def _normal(path: str) -> str:
     return "/" + path.lstrip("/")
 
 
-def _scopes(method: str, raw: str) -> set[str]:
-    path = re.sub("/+", "/", _normal(raw))
-    if method == "POST" and path in ("/v1/clients", "/v1/clients/"):
+ROUTED = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _scopes_of(method: str, form: str) -> set[str]:
+    path = re.sub("/+", "/", _normal(form))
+    write = path in ("/v1/clients", "/v1/clients/")
+    read = path.startswith("/v1/") and len(path) > 4
+    if method == "POST" and write:
         return {"clients:write"}
-    if method in ("GET", "HEAD") and path.startswith("/v1/") and len(path) > 4:
+    if method in ("GET", "HEAD") and read:
         return {"clients:read"}
+    if method not in ROUTED:  # a method no rule names: every rule of the path
+        return ({"clients:write"} if write else set()) | ({"clients:read"} if read else set())
     return set()
+
+
+def _scopes(method: str, raw: str) -> set[str]:
+    return set().union(*(_scopes_of(method, form) for form in _spellings(raw)))
+
+
+def _public(raw: str) -> bool:
+    return all("//" not in form and _normal(form) == "/health" for form in _spellings(raw))
 
 
 def _token(header: str | None) -> str | None:
@@ -195,12 +224,12 @@ def expected(
     raw_path = environ["PATH_INFO"]
     if not _method_ok(method) or not _path_ok(raw_path):
         return 400, "BAD_REQUEST"
-    decoded = raw_path.encode("latin-1").decode("utf-8", "replace")
-    if "//" not in decoded and _normal(raw_path) == "/health":
+    if _public(raw_path):
         return 200, None
     needed = _scopes(method, raw_path)
-    override = environ.get("HTTP_X_HTTP_METHOD_OVERRIDE")
-    if override is not None:
+    overrides = [environ[name] for name in ("HTTP_X_HTTP_METHOD_OVERRIDE",) if name in environ]
+    overrides += parse_qs(environ["QUERY_STRING"], keep_blank_values=True).get("_method", [])
+    for override in overrides:
         other = override.strip().upper()
         if not _method_ok(other):
             return 400, "BAD_REQUEST"
@@ -252,7 +281,9 @@ def draw_environ(setup: Setup, data: st.DataObject) -> dict[str, t.Any]:
     environ: dict[str, t.Any] = {
         "REQUEST_METHOD": method,
         "PATH_INFO": path,
-        "QUERY_STRING": data.draw(LATIN1),
+        "QUERY_STRING": data.draw(
+            st.one_of(LATIN1, st.sampled_from(["_method=DELETE", "_method=post", "_method=x y"]))
+        ),
         "SERVER_NAME": "localhost",
         "SERVER_PORT": "80",
         "SERVER_PROTOCOL": "HTTP/1.1",

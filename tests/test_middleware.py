@@ -325,6 +325,12 @@ UNJUDGEABLE_PATHS = [
     pytest.param("/v1/clients\n", id="newline"),
     pytest.param("/\u0100", id="not-a-wsgi-string"),
     pytest.param("/static/\U0001f600", id="astral-not-a-wsgi-string"),
+    pytest.param("/static/...", id="trailing-dots"),
+    pytest.param("/static/x./v1", id="segment-ending-in-a-dot"),
+    pytest.param("/static/x /v1", id="segment-ending-in-a-space"),
+    pytest.param("/v1/%63lients", id="any-percent-triple-left"),
+    pytest.param("/static/\xef\xbc\x8e\xef\xbc\x8e/v1/clients", id="fullwidth-dots"),
+    pytest.param("/" + "a/" * 5000, id="too-long"),
 ]
 
 
@@ -340,6 +346,40 @@ def test_paths_an_app_may_resolve_elsewhere_get_400(
     assert app.environs == []
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "query", "scope"),
+    [
+        pytest.param("DELETE", "/v1/clients;x/3", "", "clients:delete", id="semicolon-parameter"),
+        pytest.param("DELETE", "/V1/Clients/3", "", "clients:delete", id="upper-case"),
+        pytest.param(
+            "GET", "/v1/clients/3", "_method=DELETE", "clients:delete", id="query-override"
+        ),
+        pytest.param(
+            "OPTIONS", "/v1/clients", "", "clients:read clients:write", id="unnamed-method"
+        ),
+        pytest.param("PROPFIND", "/v1/clients", "", "clients:read clients:write", id="webdav"),
+    ],
+)
+def test_every_spelling_an_app_may_route_by_is_guarded(
+    client: Client,
+    app: RecordingApp,
+    reader: IssuedKey,
+    method: str,
+    path: str,
+    query: str,
+    scope: str,
+) -> None:
+    unscoped = reader  # holds clients:read only
+    response = client.open(path, method=method, query_string=query, headers=bearer(unscoped.key))
+    assert_refused(
+        response,
+        403,
+        FORBIDDEN,
+        f'Bearer realm="api", error="insufficient_scope", scope="{scope}"',
+    )
+    assert app.environs == []
+
+
 def test_percent_encoded_dots_from_a_real_url_get_400(client: Client, app: RecordingApp) -> None:
     for url in ("/static/%2e%2e/v1/clients", "/static/%2E./v1/clients", "/v1/%2e/clients"):
         response = client.get(url)
@@ -349,7 +389,7 @@ def test_percent_encoded_dots_from_a_real_url_get_400(client: Client, app: Recor
 
 
 @pytest.mark.parametrize(
-    "path", ["/static/site.css", "/static/.well-known/x", "/static/a..b", "/static/...", "/health"]
+    "path", ["/static/site.css", "/static/.well-known/x", "/static/a..b", "/static/.x.y", "/health"]
 )
 def test_dots_inside_names_are_ordinary(client: Client, app: RecordingApp, path: str) -> None:
     assert client.get(path).status_code == 200
