@@ -12,7 +12,15 @@ order, what it must and no more:
    checksum): refused before any database work;
 3. an unknown id: one read;
 4. a known id with a wrong secret: one read and one HMAC (the row's check
-   value); bcrypt runs only for the right key.
+   value); bcrypt runs only for the right key. A row made before check
+   values costs a bcrypt per wrong secret, but only :data:`LEGACY_BUDGET`
+   per id per minute in each process; past that, new secrets for it are
+   refused unchecked until the minute is over.
+
+When the database stops answering (a read that failed after waiting half
+the timeout or more), the verifier answers "unavailable" at once for the
+next ``timeout`` seconds, letting one request at a time try the database:
+a hung database costs each process one timeout, not one per request.
 """
 
 from __future__ import annotations
@@ -83,6 +91,11 @@ _SET_CHECK_QUERY = (
     .values(key_check=sa.bindparam("check_value"))
 )
 
+#: Wrong secrets a row without a check value may cost in bcrypt, per
+#: :data:`LEGACY_WINDOW` seconds, in each process.
+LEGACY_BUDGET = 3
+LEGACY_WINDOW = 60.0
+
 #: Messages of a database that has no key table yet, by backend.
 _MISSING_TABLE = ("no such table", "does not exist", "doesn't exist")
 
@@ -131,6 +144,13 @@ class Verifier:
         self._rows: LRUCache[str, tuple[int, AuthRow | None]] = LRUCache(cache_size)
         self._memo_secret = secrets.token_bytes(32)
         self._bcrypt_slots = threading.BoundedSemaphore(bcrypt_concurrency)
+        # Rows without a check value: id -> [window start, bcrypt failures].
+        self._legacy: LRUCache[str, list[float]] = LRUCache(cache_size)
+        self._legacy_lock = threading.Lock()
+        # Until when the database is taken to be down, and the one request
+        # at a time that may try it meanwhile.
+        self._down_until = 0.0
+        self._probe = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Verifier(remembered={self.remembered}, channel={self.channel!r})"
@@ -204,7 +224,7 @@ class Verifier:
             if not hmac.compare_digest(self.hasher.check_value(token), check):
                 raise RejectedKeyError(parsed.key_id)
         # A wrong key stays wrong for as long as the stored hash is the same.
-        elif self._failed.get(memo) == row.key_hash:
+        elif self._failed.get(memo) == row.key_hash or not self._legacy_take(parsed.key_id):
             raise RejectedKeyError(parsed.key_id)
         if not self._bcrypt(token, row.key_hash):
             self._failed.set(memo, row.key_hash)
@@ -217,11 +237,43 @@ class Verifier:
         self._verified.set(memo, (parsed.key_id, row, principal))
         return principal
 
+    def _legacy_take(self, key_id: str) -> bool:
+        """Spend one bcrypt of a row without check value, as the attempt
+        arrives (so concurrent ones count); ``False`` once none is left."""
+        now = time.monotonic()
+        with self._legacy_lock:
+            entry = self._legacy.get(key_id)
+            if entry is None or now - entry[0] >= LEGACY_WINDOW:
+                self._legacy.set(key_id, [now, 1.0])
+                return True
+            if entry[1] >= LEGACY_BUDGET:
+                return False
+            entry[1] += 1
+            return True
+
     def _read(self, key_id: str) -> AuthRow | None:
+        probing = False
+        if time.monotonic() < self._down_until:
+            if not self._probe.acquire(blocking=False):
+                raise StoreUnavailableError("the database did not answer a moment ago")
+            probing = True
+        try:
+            row = self._read_now(key_id, probing)
+        finally:
+            if probing:
+                self._probe.release()
+        self._down_until = 0.0
+        return row
+
+    def _read_now(self, key_id: str, probing: bool) -> AuthRow | None:
         started = time.monotonic()
         for attempt in (1, 2):
             try:
                 with self.engine.connect() as connection:
+                    # Waited in the pool while another request found the
+                    # database down: no need to wait once more.
+                    if not probing and time.monotonic() < self._down_until:
+                        raise StoreUnavailableError("the database did not answer a moment ago")
                     row = connection.execute(_AUTH_QUERY, {"key_id": key_id}).first()
                 return None if row is None else AuthRow(*row)
             except exc.DBAPIError as error:
@@ -229,18 +281,19 @@ class Verifier:
                 # pg_terminate_backend) is thrown away by SQLAlchemy; one
                 # more try on a fresh one saves the request. Not after a
                 # wait: the answer must come within about one timeout.
-                if (
-                    attempt == 1
-                    and error.connection_invalidated
-                    and time.monotonic() - started < self.timeout / 2
-                ):
+                slow = time.monotonic() - started >= self.timeout / 2
+                if attempt == 1 and error.connection_invalidated and not slow:
                     continue
-                raise self._unavailable(error) from None
+                raise self._unavailable(error, slow=slow) from None
             except exc.SQLAlchemyError as error:
-                raise self._unavailable(error) from None
+                slow = time.monotonic() - started >= self.timeout / 2
+                raise self._unavailable(error, slow=slow) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _unavailable(self, error: exc.SQLAlchemyError) -> StoreUnavailableError:
+    def _unavailable(self, error: exc.SQLAlchemyError, *, slow: bool) -> StoreUnavailableError:
+        if slow:
+            # It hangs rather than refuses: spare the next requests the wait.
+            self._down_until = time.monotonic() + self.timeout
         detail = describe_fault(error)
         if any(marker in detail for marker in _MISSING_TABLE) and not self._has_tables():
             logger.error(

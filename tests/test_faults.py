@@ -221,3 +221,41 @@ def test_the_watchdog_forgets_every_statement_that_ends_however_it_ends(
     assert watchdog.cut == 0
     with store.engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT 2").scalar() == 2
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+def test_after_one_timeout_the_next_requests_are_refused_at_once_until_it_answers(
+    backend: str, store_factory: StoreFactory
+) -> None:
+    direct = sa.make_url(server_url(backend))
+    proxy = TcpProxy(direct.port or (5432 if backend == "postgresql" else 3306))
+    url = direct.set(port=proxy.port).render_as_string(hide_password=False)
+    store = store_factory(url, timeout=1)
+    issued = store.create_key("n")
+    client = Client(ApiKeyMiddleware(RecordingApp(), store, log_usage=False))
+    assert client.get("/", headers=bearer(issued.key)).status_code == 200
+    proxy.freeze()
+    took: list[float] = []
+    statuses: list[int] = []
+
+    def ask() -> None:
+        started = time.monotonic()
+        statuses.append(client.get("/", headers=bearer(issued.key)).status_code)
+        took.append(time.monotonic() - started)
+
+    ask()  # finds it hung: one timeout
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [503] * 9
+    assert took[0] < 3.0
+    # Refused at once, not one timeout each; one of them tries the database
+    # meanwhile, and waits.
+    quick = sorted(took[1:])
+    assert quick[-2] < 0.5, took
+    assert quick[-1] < 3.0, took
+    proxy.forward()
+    assert client.get("/", headers=bearer(issued.key)).status_code == 200  # the next one tries
+    proxy.close()

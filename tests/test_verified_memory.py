@@ -20,6 +20,7 @@ from apikey_middleware import (
     InvalidKeyError,
     SQLAlchemyKeyStore,
     StoreUnavailableError,
+    verifier,
 )
 from apikey_middleware.keys import generate_key
 from apikey_middleware.schema import ApiKey
@@ -107,8 +108,12 @@ def test_failure_memory_is_tied_to_the_stored_hash(
 
 
 def test_failure_memory_is_bounded(
-    sqlite_url: str, checkpw: CountingCheckpw, store_factory: StoreFactory
+    sqlite_url: str,
+    checkpw: CountingCheckpw,
+    store_factory: StoreFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(verifier, "LEGACY_BUDGET", 100)  # this test is about the memory
     store = store_factory(sqlite_url, cache_size=3)
     issued = store.create_key("n")
     clear_check(store, issued.id)
@@ -349,3 +354,47 @@ def test_check_value_is_short_keyed_by_the_pepper_and_not_the_key(
     assert other.hasher.check_value(issued.key) != stored
     with pytest.raises(InvalidKeyError):
         other.authenticate(issued.key)
+
+
+def test_a_row_without_check_value_costs_at_most_its_budget_of_bcrypt(
+    sqlite_store: SQLAlchemyKeyStore, checkpw: CountingCheckpw, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(verifier, "LEGACY_WINDOW", 0.5)
+    issued = sqlite_store.create_key("old")
+    clear_check(sqlite_store, issued.id)
+    for _ in range(50):
+        with pytest.raises(InvalidKeyError):
+            sqlite_store.authenticate(generate_key("test", issued.id).key)
+    assert checkpw.calls == verifier.LEGACY_BUDGET
+    # While the budget is spent even the right key is refused unchecked...
+    with pytest.raises(InvalidKeyError):
+        sqlite_store.authenticate(issued.key)
+    assert checkpw.calls == verifier.LEGACY_BUDGET
+    time.sleep(0.6)
+    # ...and once the window is over it is checked, and gets its check value.
+    assert sqlite_store.authenticate(issued.key).key_id == issued.id
+    for _ in range(50):
+        with pytest.raises(InvalidKeyError):
+            sqlite_store.authenticate(generate_key("test", issued.id).key)
+    assert checkpw.calls == verifier.LEGACY_BUDGET + 1
+
+
+def test_concurrent_wrong_secrets_for_a_row_without_check_value_share_one_budget(
+    sqlite_store: SQLAlchemyKeyStore, checkpw: CountingCheckpw
+) -> None:
+    issued = sqlite_store.create_key("old")
+    clear_check(sqlite_store, issued.id)
+    start = threading.Barrier(20, timeout=10)
+
+    def guess() -> None:
+        token = generate_key("test", issued.id).key
+        start.wait()
+        with contextlib.suppress(InvalidKeyError):
+            sqlite_store.authenticate(token)
+
+    threads = [threading.Thread(target=guess) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert checkpw.calls == verifier.LEGACY_BUDGET
