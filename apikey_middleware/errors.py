@@ -32,6 +32,8 @@ from collections.abc import Iterable
 
 from werkzeug.http import HTTP_STATUS_CODES
 
+from .keys import holds_key
+
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
     from werkzeug.wrappers import Response
@@ -221,8 +223,9 @@ class KeyNotFoundError(StoreError, LookupError):
     """No key has this id."""
 
     def __init__(self, key_id: str) -> None:
-        # A whole key pasted by mistake for its id is never repeated.
-        if "sk_test_" in key_id or "sk_live_" in key_id:
+        # A whole key (or its body) pasted by mistake for its id is never
+        # repeated.
+        if "sk_test_" in key_id or "sk_live_" in key_id or holds_key(key_id):
             message = "no API key with that id (give the key id, not the key itself)"
             key_id = "(a key, not shown)"
         else:

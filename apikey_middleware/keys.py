@@ -120,8 +120,13 @@ def is_key_id(value: str) -> bool:
     return _KEY_ID_RE.fullmatch(value) is not None
 
 
-# A key prefix and enough after it to be a key, or most of one.
-_KEYISH_RE = re.compile(r"sk_(?:test|live)_[A-Za-z0-9_]{8,}")
+# A key prefix and enough after it to be a key, or most of one; or a key's
+# body without its prefix: an id, an underscore and most of a secret (which,
+# random base 62, holds upper case letters and digits).
+_KEYISH_RE = re.compile(
+    rf"sk_(?:test|live)_[A-Za-z0-9_]{{8,}}"
+    rf"|[a-z0-9]{{{ID_LENGTH}}}_(?=[A-Za-z0-9]*[A-Z])(?=[A-Za-z0-9]*[0-9])[A-Za-z0-9]{{16,}}"
+)
 
 
 def holds_key(value: str) -> bool:
@@ -136,7 +141,7 @@ def redact_keys(text: str) -> str:
 
 def shown_safely(value: str, limit: int = 60) -> str:
     """``repr()`` of a bad value for an error message, unless it may hold a key."""
-    if any(prefix in value for prefix in PREFIXES.values()):
+    if holds_key(value) or any(prefix in value for prefix in PREFIXES.values()):
         return "(a value holding an API key, not shown)"
     return repr(value[:limit])
 

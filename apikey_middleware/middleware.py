@@ -7,8 +7,6 @@ import typing as t
 import urllib.parse
 from collections.abc import Iterable, Sequence
 
-from werkzeug.wsgi import get_path_info
-
 from ._checks import integer
 from .errors import (
     ApiKeyError,
@@ -290,7 +288,7 @@ class ApiKeyMiddleware:
         self.usage.record(
             key_id,
             environ.get("REQUEST_METHOD", "GET"),
-            get_path_info(environ),
+            environ.get("PATH_INFO") or "/",
             status,
             environ.get("REMOTE_ADDR"),
             accepted,

@@ -13,14 +13,19 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 import typing as t
+import urllib.parse
 import weakref
 from collections import deque
 from datetime import UTC, datetime
 
+from sqlalchemy import exc
+
 from ._checks import integer, number
+from .keys import redact_keys
 from .schema import MAX_PATH_LENGTH
 
 if t.TYPE_CHECKING:
@@ -63,6 +68,21 @@ _Pending = tuple[str, float, str, str, int, str | None, bool]
 _ROW_OVERHEAD = 250
 MAX_METHOD_LENGTH = 16
 MAX_ADDRESS_LENGTH = 64
+
+
+# What stays as it is in a stored path: RFC 3986's path characters.
+_PATH_SAFE = "/!$&'()*+,;=:@~"
+
+
+def stored_path(raw: str) -> str:
+    """A raw ``PATH_INFO`` as the usage log keeps it: percent-encoded to
+    ASCII (no control character, no character a database may refuse) and
+    with anything shaped like a key masked, cut to the column's size."""
+    try:
+        octets = raw.encode("latin-1")
+    except UnicodeEncodeError:  # not a WSGI string: given directly
+        octets = raw.encode("utf-8", "surrogatepass")
+    return redact_keys(urllib.parse.quote(octets, safe=_PATH_SAFE))[:MAX_PATH_LENGTH]
 
 
 def _cause(error: Exception) -> str:
@@ -160,14 +180,17 @@ class UsageWriter:
     ) -> None:
         """Log one request; called on the request path, so cheap.
 
-        ``accepted`` says whether the key was accepted for it; only those
-        requests move the key's ``last_used_at``.
+        ``path`` is the raw ``PATH_INFO`` (a WSGI string: the path's bytes
+        as Latin-1); it is stored percent-encoded to ASCII, as it was on the
+        wire, with anything shaped like a key masked. ``accepted`` says
+        whether the key was accepted for the request; only those requests
+        move the key's ``last_used_at``.
         """
         method = method[:MAX_METHOD_LENGTH]
         path = path[:MAX_PATH_LENGTH]
         if remote_addr is not None:
             remote_addr = remote_addr[:MAX_ADDRESS_LENGTH]
-        size = _ROW_OVERHEAD + len(path) + len(method) + len(remote_addr or "")
+        size = self._size_of(method, path, remote_addr)
         with self._state_lock:
             if (
                 self._closed
@@ -184,8 +207,14 @@ class UsageWriter:
             self._wake.set()
 
     @staticmethod
-    def _size(row: _Pending) -> int:
-        return _ROW_OVERHEAD + len(row[3]) + len(row[2]) + len(row[5] or "")
+    def _size_of(method: str, path: str, remote_addr: str | None) -> int:
+        # What the strings take in memory, whatever characters they hold.
+        size = _ROW_OVERHEAD + sys.getsizeof(method) + sys.getsizeof(path)
+        return size if remote_addr is None else size + sys.getsizeof(remote_addr)
+
+    @classmethod
+    def _size(cls, row: _Pending) -> int:
+        return cls._size_of(row[2], row[3], row[5])
 
     def _start(self) -> None:
         with self._state_lock:
@@ -238,11 +267,22 @@ class UsageWriter:
         last_used: dict[str, datetime] = {}
         for key_id, at, method, path, status, addr, accepted in batch:
             when = datetime.fromtimestamp(at, UTC)
-            records.append(UsageRecord(key_id, when, method, path, status, addr))
+            records.append(UsageRecord(key_id, when, method, stored_path(path), status, addr))
             if accepted and (key_id not in last_used or last_used[key_id] < when):
                 last_used[key_id] = when
         try:
             self.store.record_usage(records, last_used=last_used)
+        except (exc.DataError, exc.IntegrityError) as error:
+            # The database refuses a row itself, not the connection: write
+            # the others, and drop (and count) only the rows it refuses, or
+            # one such row would stop the log for good.
+            if len(batch) == 1:
+                with self._state_lock:
+                    self.dropped += 1
+                logger.error("dropped a usage row the database refused: %s", _cause(error))
+                return True
+            half = len(batch) // 2
+            return self._write(batch[:half]) and self._write(batch[half:])
         except Exception as error:
             # Back to the front of the line, as far as room allows; the
             # rest is dropped and counted.

@@ -472,3 +472,30 @@ def test_names_with_control_characters_are_refused(
     result = run(url, "create", "--name", value)
     assert_one_line_error(result, 1, "control characters")
     assert store.list_keys() == []
+
+
+def test_a_key_body_pasted_without_its_prefix_is_never_stored_or_echoed(
+    url: str, store: SQLAlchemyKeyStore
+) -> None:
+    body = store.create_key("n").key[len("sk_test_") :]
+    for args in (
+        ["show", body],
+        ["create", "--name", body],
+        ["create", "--name", "x", "--scope", body],
+    ):
+        result = run(url, *args)
+        assert result.exit_code in (1, 2), result.output
+        assert body[15:] not in result.output
+    assert len(store.list_keys()) == 1
+
+
+def test_stored_scopes_are_printed_escaped(url: str, store: SQLAlchemyKeyStore) -> None:
+    issued = store.create_key("n", scopes=["clients:read"])
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE apikey_keys SET scopes = ?", ("clients:read \x1b[2J",))
+    for args in (["list"], ["show", issued.id]):
+        result = run(url, *args)
+        assert "\x1b" not in result.output
+        assert "\\x1b[2J" in result.output
+    result = run(url, "rotate", issued.id)  # a scope that is not one is not copied
+    assert_one_line_error(result, 1, "invalid scope")

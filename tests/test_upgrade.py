@@ -7,9 +7,11 @@ from collections.abc import Iterator
 import bcrypt
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 
 from apikey_middleware import InvalidKeyError
 from apikey_middleware._time import utcnow
+from apikey_middleware.cli import main
 from apikey_middleware.hashing import KeyHasher
 from apikey_middleware.keys import generate_key
 from apikey_middleware.leaks import leaks_of
@@ -91,3 +93,17 @@ def test_an_old_key_gets_its_check_value_on_first_use(
     assert len(checks) == 2
     assert other.authenticate(key).key_id == key_id
     assert len(checks) == 3
+
+
+def test_init_db_tells_which_old_keys_lack_a_check_value(
+    old_database: tuple[str, str, str], store_factory: StoreFactory
+) -> None:
+    url, key, key_id = old_database
+    result = CliRunner().invoke(main, ["--database-url", url, "init-db"])
+    assert result.exit_code == 0, result.output
+    assert "1 key(s) made by an earlier release" in result.stderr
+    assert "apikey rotate ID" in result.stderr
+    store = store_factory(url, pepper=PEPPER, schema=False)
+    assert store.keys_without_check_value() == [key_id]
+    store.authenticate(key)  # its first use completes the row
+    assert store.keys_without_check_value() == []

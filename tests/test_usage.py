@@ -297,3 +297,60 @@ def test_only_accepted_requests_move_last_used_at(
     assert record is not None
     assert record.last_used_at is not None
     assert record.last_used_at == sqlite_store.usage(key.id, limit=1)[0].occurred_at
+
+
+def test_the_byte_bound_holds_for_paths_of_any_characters(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    # Nothing is written meanwhile: the thread wakes after an hour or a
+    # batch larger than the buffer can hold.
+    writer = UsageWriter(
+        sqlite_store, max_pending_bytes=1_000_000, interval=3600, batch_size=100_000
+    )
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(3_000):
+            writer.record(key.id, "GET", f"/{n}" + "\U0001f600" * 1_000, 200, None)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert writer.pending_bytes <= 1_000_000
+    assert grown < 1_500_000, grown
+    writer.close()
+
+
+def test_paths_are_stored_as_on_the_wire_with_keys_masked(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    guarded = ApiKeyMiddleware(RecordingApp(), sqlite_store)
+    client = Client(guarded)
+    for path in (f"/echo/{key.key}", "/caf\u00e9/\U0001f600", "/a b/100%25"):
+        client.get(path, headers=bearer(key.key))
+    guarded.close()
+    stored = {row.path for row in sqlite_store.usage(key.id)}
+    assert stored == {
+        "/echo/(an API key, not shown)",
+        "/caf%C3%A9/%F0%9F%98%80",
+        "/a%20b/100%25",
+    }
+    assert all(path.isascii() and path.isprintable() for path in stored)
+
+
+def test_a_row_the_database_refuses_is_dropped_alone(
+    database_url: str, store_factory: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite stores any integer in any column: nothing is refused")
+    store = store_factory(database_url)
+    issued = store.create_key("n")
+    writer = UsageWriter(store, interval=3600, batch_size=100_000)
+    for status in (200, 201, 70_000, 202, 203):  # 70000 does not fit a SMALLINT
+        writer.record(issued.id, "GET", "/", status, None)
+    with caplog.at_level(logging.ERROR, logger="apikey_middleware"):
+        writer.flush()
+    assert sorted(row.status for row in store.usage(issued.id)) == [200, 201, 202, 203]
+    assert writer.dropped == 1
+    assert writer.pending == 0
+    assert "dropped a usage row the database refused" in caplog.text
+    writer.close()

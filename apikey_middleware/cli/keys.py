@@ -26,7 +26,7 @@ from ._common import (
 def _show_issued(issued: IssuedKey, what: str) -> None:
     record = issued.record
     click.echo(f"{what} {record.key_type} key {record.id} ({shown(record.name)})")
-    click.echo(f"scopes: {' '.join(record.scopes) or '(none)'}")
+    click.echo(f"scopes: {shown(' '.join(record.scopes)) if record.scopes else '(none)'}")
     if record.expires_at is not None:
         click.echo(f"expires: {when(record.expires_at)}")
     click.echo(f"\n    {issued.key}\n")
@@ -38,9 +38,19 @@ def _show_issued(issued: IssuedKey, what: str) -> None:
 @click.command("init-db")
 @store_command
 def init_db() -> None:
-    """Create the key and usage tables (safe to run again)."""
+    """Create the key and usage tables, or bring older ones up to date
+    (safe to run again)."""
     store().create_schema()
     click.echo("API key tables are ready.")
+    unchecked = store().keys_without_check_value()
+    if unchecked:
+        click.echo(
+            f"{len(unchecked)} key(s) made by an earlier release have no check value until"
+            " their next successful use; until then a flood of wrong secrets for one of them"
+            " can refuse it for a minute at a time. Rotate them to fix that now:"
+            " apikey rotate ID --grace 24h",
+            err=True,
+        )
 
 
 @click.command()
@@ -88,7 +98,7 @@ def list_keys(include_revoked: bool, as_json: bool) -> None:
             record.prefix,
             shown(record.name),
             record.key_type,
-            " ".join(record.scopes) or "-",
+            shown(" ".join(record.scopes)) if record.scopes else "-",
             when(record.created_at),
             when(record.last_used_at),
             state_text(record, now),
@@ -119,7 +129,7 @@ def show(key_id: str, as_json: bool) -> None:
         ("prefix", record.prefix),
         ("name", shown(record.name)),
         ("type", record.key_type),
-        ("scopes", " ".join(record.scopes) or "-"),
+        ("scopes", shown(" ".join(record.scopes)) if record.scopes else "-"),
         ("owner", shown(record.owner)),
         ("created", when(record.created_at)),
         ("expires", when(record.expires_at)),
