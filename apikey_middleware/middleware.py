@@ -121,7 +121,8 @@ class ApiKeyMiddleware:
         too, with no principal and the reason at ``environ["apikey.error"]``
         (an :class:`~apikey_middleware.errors.ApiKeyError`).
     :param key_types: the key types accepted; another type is forbidden.
-    :param environ_key: where the :class:`Principal` goes in the environ.
+    :param environ_key: where the
+        :class:`~apikey_middleware.principal.Principal` goes in the environ.
     :param hide_credentials: remove ``Authorization`` before the app runs.
     :param preflight: let CORS preflight requests through without a key.
     :param log_usage: log every request that presents a known key id

@@ -510,8 +510,9 @@ class SQLAlchemyKeyStore:
         work.
 
         :raises InvalidKeyError: malformed or unknown id;
-            :class:`RejectedKeyError` (a subclass, alike on the wire) for a
-            known id with the wrong secret, revoked or expired.
+            :class:`~apikey_middleware.errors.RejectedKeyError` (a subclass,
+            alike on the wire) for a known id with the wrong secret, revoked
+            or expired.
         :raises ServiceUnavailableError: the database did not answer.
         """
         token = key if isinstance(key, str) else key.key
