@@ -350,6 +350,7 @@ COMMANDS: tuple[click.Command, ...] = (init_db, create, list_keys, show, revoke,
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="apikey_middleware", prog_name="apikey")
 @click.option(
     "--database-url",
     envvar="APIKEY_DATABASE_URL",
