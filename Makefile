@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PIP := $(BIN)/python -m pip install --quiet
+# Modules are byte-compiled when first imported, not all at install time.
+PIP := $(BIN)/python -m pip install --quiet --no-compile
 
 .PHONY: run run-legacy test quick fuzz lint docs bench clean
 
