@@ -28,7 +28,7 @@ html_theme = "alabaster"
 html_theme_options = {
     "description": "API-key authentication for any WSGI application",
     "page_width": "1160px",
-    "sidebar_width": "250px",
+    "sidebar_width": "280px",
 }
 
 # One page per module listed in api.rst, written from _templates/autosummary.
