@@ -21,7 +21,7 @@ import click
 from sqlalchemy import exc
 
 from .errors import KeyNotFoundError
-from .keys import KEY_TYPES
+from .keys import KEY_TYPES, holds_key, redact_keys, shown_safely
 from .store import IssuedKey, KeyRecord, SQLAlchemyKeyStore, UsageRecord, utcnow
 
 DEFAULT_DATABASE_URL = "sqlite:///apikeys.db"
@@ -43,12 +43,12 @@ def parse_duration(text: str) -> timedelta:
     if text == "0":
         return timedelta(0)
     if not _DURATION_RE.fullmatch(text):
-        raise ValueError(f"{text!r} is not a duration such as 30d, 24h, 15m or 1d12h")
+        raise ValueError(f"{shown_safely(text)} is not a duration such as 30d, 24h, 15m or 1d12h")
     total = timedelta(0)
     for amount, unit in _DURATION_PART_RE.findall(text):
         total += timedelta(**{_UNITS[unit]: int(amount)})
     if total > _MAX_DURATION:
-        raise ValueError(f"{text!r} is longer than 100 years")
+        raise ValueError(f"{shown_safely(text)} is longer than 100 years")
     return total
 
 
@@ -61,6 +61,49 @@ def _duration_option(
         return parse_duration(value)
     except ValueError as error:
         raise click.BadParameter(str(error), ctx, param) from None
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _shown(text: str | None) -> str:
+    """Stored text as it is safe to print: a path or name holding terminal
+    escape sequences must not reach the terminal as such."""
+    if text is None:
+        return "-"
+    return _CONTROL_RE.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+class _Redacting(click.Group):
+    """A group whose usage errors never repeat a key a user pasted by mistake
+    (click quotes bad values and unexpected arguments back)."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: t.Any,
+    ) -> click.Context:
+        with _redacted():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> t.Any:
+        with _redacted():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _redacted() -> Iterator[None]:
+    try:
+        yield
+    except click.ClickException as error:
+        message = error.format_message()
+        if not holds_key(message):
+            raise
+        if isinstance(error, click.UsageError):
+            raise click.UsageError(redact_keys(message), error.ctx) from None
+        raise click.ClickException(redact_keys(message)) from None
 
 
 def _when(value: datetime | None) -> str:
@@ -143,7 +186,7 @@ def _store_command(function: Callable[..., None]) -> Callable[..., None]:
 
 def _show_issued(issued: IssuedKey, what: str) -> None:
     record = issued.record
-    click.echo(f"{what} {record.key_type} key {record.id} ({record.name!r})")
+    click.echo(f"{what} {record.key_type} key {record.id} ({_shown(record.name)})")
     click.echo(f"scopes: {' '.join(record.scopes) or '(none)'}")
     if record.expires_at is not None:
         click.echo(f"expires: {_when(record.expires_at)}")
@@ -204,7 +247,7 @@ def list_keys(include_revoked: bool, as_json: bool) -> None:
         (
             record.id,
             record.prefix,
-            record.name,
+            _shown(record.name),
             record.key_type,
             " ".join(record.scopes) or "-",
             _when(record.created_at),
@@ -240,10 +283,10 @@ def show(key_id: str, as_json: bool) -> None:
     for label, value in (
         ("id", record.id),
         ("prefix", record.prefix),
-        ("name", record.name),
+        ("name", _shown(record.name)),
         ("type", record.key_type),
         ("scopes", " ".join(record.scopes) or "-"),
-        ("owner", record.owner or "-"),
+        ("owner", _shown(record.owner)),
         ("created", _when(record.created_at)),
         ("expires", _when(record.expires_at)),
         ("revoked", _when(record.revoked_at)),
@@ -266,11 +309,12 @@ def revoke(key_id: str, yes: bool) -> None:
         return
     if not yes:
         click.confirm(
-            f"Revoke {record.key_type} key {record.id} ({record.name!r})? This cannot be undone",
+            f"Revoke {record.key_type} key {record.id} ({_shown(record.name)})?"
+            " This cannot be undone",
             abort=True,
         )
     record = _store().revoke(key_id)
-    click.echo(f"Revoked key {record.id} ({record.name!r}) at {_when(record.revoked_at)}.")
+    click.echo(f"Revoked key {record.id} ({_shown(record.name)}) at {_when(record.revoked_at)}.")
 
 
 @click.command()
@@ -324,7 +368,7 @@ def usage(key_id: str, since: timedelta | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([_usage_json(row) for row in rows], indent=2))
         return
-    click.echo(f"Usage of {record.key_type} key {record.id} ({record.name!r})")
+    click.echo(f"Usage of {record.key_type} key {record.id} ({_shown(record.name)})")
     if not rows:
         click.echo("No requests logged" + ("" if since is None else " in that period") + ".")
         return
@@ -341,15 +385,18 @@ def usage(key_id: str, since: timedelta | None, as_json: bool) -> None:
     click.echo(f"\nLatest {min(len(rows), _LATEST)} of {len(rows)} requests")
     for row in rows[:_LATEST]:
         click.echo(
-            f"{_when(row.occurred_at)}  {row.status}  {row.method:7} {row.path}"
-            f"  {row.remote_addr or '-'}"
+            f"{_when(row.occurred_at)}  {row.status}  {_shown(row.method):7} {_shown(row.path)}"
+            f"  {_shown(row.remote_addr)}"
         )
 
 
 COMMANDS: tuple[click.Command, ...] = (init_db, create, list_keys, show, revoke, rotate, usage)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=_Redacting,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="apikey_middleware", prog_name="apikey")
 @click.option(
     "--database-url",
@@ -393,7 +440,10 @@ def flask_group() -> click.Group:
     def callback(ctx: click.Context) -> None:
         ctx.meta[_STORE_FACTORY] = app_store
 
-    group = AppGroup("apikeys", help="Manage the app's API keys.", callback=callback)
+    class _RedactingAppGroup(AppGroup, _Redacting):
+        pass
+
+    group = _RedactingAppGroup("apikeys", help="Manage the app's API keys.", callback=callback)
     for command in COMMANDS:
         group.add_command(command)
     return group

@@ -151,6 +151,14 @@ class ForbiddenError(ApiKeyError):
         return [*super().get_headers(), ("WWW-Authenticate", _bearer_challenge(**params))]
 
 
+class BadRequestError(ApiKeyError):
+    """A path or method that cannot be judged safely (see :mod:`~apikey_middleware.rules`)."""
+
+    code = "BAD_REQUEST"
+    status = 400
+    message = "The request path or method is not valid"
+
+
 class _RetryLaterError(ApiKeyError):
     def __init__(self, retry_after: int) -> None:
         super().__init__()

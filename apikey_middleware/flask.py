@@ -106,6 +106,7 @@ class ApiKeys:
         config.setdefault("APIKEY_TIMEOUT", 5.0)
         config.setdefault("APIKEY_KEY_TYPES", KEY_TYPES)
         config.setdefault("APIKEY_HIDE_CREDENTIALS", False)
+        config.setdefault("APIKEY_PREFLIGHT", False)
         config.setdefault("APIKEY_LOG_USAGE", True)
         config.setdefault("APIKEY_REVOCATION", "immediate")
         config.setdefault("APIKEY_POLL_INTERVAL", 1.0)
@@ -134,6 +135,7 @@ class ApiKeys:
             key_types=key_types,
             environ_key=PRINCIPAL_ENVIRON_KEY,
             hide_credentials=_setting(app, "APIKEY_HIDE_CREDENTIALS", bool),
+            preflight=_setting(app, "APIKEY_PREFLIGHT", bool),
             log_usage=_setting(app, "APIKEY_LOG_USAGE", bool),
             throttle=throttle,
         )
@@ -210,9 +212,19 @@ def _get_principal() -> Principal | None:
 current_principal: Principal | None = t.cast("Principal | None", LocalProxy(_get_principal))
 
 
+def _is_preflight(environ: t.Mapping[str, t.Any]) -> bool:
+    return (
+        environ.get("REQUEST_METHOD") == "OPTIONS"
+        and "HTTP_ORIGIN" in environ
+        and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
+    )
+
+
 def _refusal(scopes: tuple[str, ...]) -> Response | None:
-    _state()
+    state = _state()
     environ = request.environ
+    if state.middleware.preflight and _is_preflight(environ):
+        return None
     principal: Principal | None = environ.get(PRINCIPAL_ENVIRON_KEY)
     if principal is None:
         error: ApiKeyError = environ.get(ERROR_ENVIRON_KEY) or MissingKeyError()

@@ -87,7 +87,9 @@ def new_key_id() -> str:
 def generate_key(key_type: str, key_id: str | None = None) -> ParsedKey:
     """Make a new key of ``key_type`` (``"test"`` or ``"live"``)."""
     if key_type not in PREFIXES:
-        raise ValueError(f"key_type must be one of {', '.join(KEY_TYPES)}, not {key_type!r}")
+        raise ValueError(
+            f"key_type must be one of {', '.join(KEY_TYPES)}, not {shown_safely(key_type)}"
+        )
     if key_id is None:
         key_id = new_key_id()
     elif not is_key_id(key_id):
@@ -117,6 +119,20 @@ def parse_key(token: str) -> ParsedKey | None:
 def is_key_id(value: str) -> bool:
     """Tell whether ``value`` has the form of a public key id."""
     return _KEY_ID_RE.fullmatch(value) is not None
+
+
+# A key prefix and enough after it to be a key, or most of one.
+_KEYISH_RE = re.compile(r"sk_(?:test|live)_[A-Za-z0-9_]{8,}")
+
+
+def holds_key(value: str) -> bool:
+    """Tell whether ``value`` holds something shaped like a key (or most of one)."""
+    return _KEYISH_RE.search(value) is not None
+
+
+def redact_keys(text: str) -> str:
+    """``text`` with everything shaped like a key replaced by a placeholder."""
+    return _KEYISH_RE.sub("(an API key, not shown)", text)
 
 
 def shown_safely(value: str, limit: int = 60) -> str:

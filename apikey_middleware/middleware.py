@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import typing as t
 from collections.abc import Iterable, Sequence
 
-from werkzeug.exceptions import MethodNotAllowed, NotFound
-from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
 from werkzeug.wsgi import get_path_info
 
 from .errors import (
     ApiKeyError,
+    BadRequestError,
     ForbiddenError,
     InvalidKeyError,
     MissingKeyError,
@@ -21,7 +19,8 @@ from .errors import (
     TooManyRequestsError,
 )
 from .keys import KEY_TYPES
-from .principal import Principal, normalize_scopes
+from .principal import Principal
+from .rules import AccessRule, RuleTable, Verdict
 from .throttle import FailureThrottle
 from .usage import UsageWriter
 
@@ -32,16 +31,11 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger("apikey_middleware")
 
-#: ``(methods, path, scopes)``: ``"GET"``, ``["GET", "POST"]`` or ``"*"``; a
-#: Werkzeug rule path; one scope or several.
-AccessRule = tuple[str | Sequence[str], str, str | Sequence[str]]
-
 ERROR_ENVIRON_KEY = "apikey.error"
 
-# Paths longer than this are matched every time instead of remembered, so
-# that hostile paths cannot fill memory.
-_MAX_CACHED_PATH = 512
-_PUBLIC = None
+# Headers with which clients ask an app to treat a request as another
+# method; an app that honours one must not get past a rule for it.
+_OVERRIDE_HEADERS = ("HTTP_X_HTTP_METHOD_OVERRIDE", "HTTP_X_HTTP_METHOD", "HTTP_X_METHOD_OVERRIDE")
 
 
 def bearer_token(header: str) -> str | None:
@@ -62,42 +56,11 @@ def bearer_token(header: str) -> str | None:
     return token.lstrip(" ") or None
 
 
-def _decoded(raw_path: str) -> str:
-    """``PATH_INFO`` as Werkzeug's ``get_path_info`` decodes it."""
-    return raw_path.encode("latin-1").decode("utf-8", "replace")
-
-
 def _status_code(status: str) -> int:
     try:
         return int(status.split(" ", 1)[0])
     except ValueError:
         return 0
-
-
-def _methods(methods: str | Sequence[str]) -> list[str] | None:
-    if isinstance(methods, str):
-        methods = [methods]
-    if not methods or not all(isinstance(method, str) and method for method in methods):
-        raise ValueError(f"rule methods must be 'GET', a list of methods or '*', not {methods!r}")
-    if "*" in methods:
-        return None
-    return [method.upper() for method in methods]
-
-
-def _adapter(rules: Iterable[Rule], *, strict_slashes: bool, merge_slashes: bool) -> MapAdapter:
-    return Map(list(rules), strict_slashes=strict_slashes, merge_slashes=merge_slashes).bind(
-        "localhost"
-    )
-
-
-def _matches(adapter: MapAdapter, path: str, method: str, *, redirect: bool) -> bool:
-    try:
-        adapter.match(path, method)
-    except RequestRedirect:
-        return redirect
-    except (NotFound, MethodNotAllowed):
-        return False
-    return True
 
 
 class ApiKeyMiddleware:
@@ -114,9 +77,12 @@ class ApiKeyMiddleware:
         methods and Werkzeug rule path match decides the scopes a request
         needs. A path no rule matches needs a valid key and no scope. A rule
         also matches the path with or without a trailing slash or with
-        doubled slashes, so a variant spelling is never less guarded.
+        doubled slashes, so a variant spelling is never less guarded. Or a
+        :class:`~apikey_middleware.rules.RuleTable` (then ``public`` must be
+        empty): subclass it to judge requests another way.
     :param public: Werkzeug rule paths that pass without a key (and without
-        a principal), matched strictly.
+        a principal), matched strictly. Paths with dot segments or
+        double-encoded separators are never public: they get 400.
     :param required: ``False`` lets requests without a valid key through
         too, with no principal and the reason at ``environ["apikey.error"]``
         (an :class:`~apikey_middleware.errors.ApiKeyError`).
@@ -124,7 +90,10 @@ class ApiKeyMiddleware:
     :param environ_key: where the
         :class:`~apikey_middleware.principal.Principal` goes in the environ.
     :param hide_credentials: remove ``Authorization`` before the app runs.
-    :param preflight: let CORS preflight requests through without a key.
+    :param preflight: let CORS preflight requests (``OPTIONS`` with
+        ``Origin`` and ``Access-Control-Request-Method``) through without a
+        key. Off by default: an app that answers ``OPTIONS`` by path alone,
+        or honours ``X-HTTP-Method-Override``, would serve them unguarded.
     :param log_usage: log every request that presents a known key id
         (refused ones too) to the store's usage log, in batches off the
         request thread. Call :meth:`close` at shutdown (it also runs at
@@ -133,8 +102,9 @@ class ApiKeyMiddleware:
         with other buffer settings.
     :param throttle: a :class:`~apikey_middleware.throttle.FailureThrottle`:
         a client address with too many invalid keys in its window gets 429
-        with ``Retry-After``, before any hashing or database work. Off by
-        default, since behind a proxy every client has the proxy's address.
+        with ``Retry-After`` for them, while its valid keys still pass. Off
+        by default, since behind a proxy every client has the proxy's
+        address.
 
     .. code-block:: python
 
@@ -145,6 +115,10 @@ class ApiKeyMiddleware:
             public=["/health"],
         )
 
+    A request with ``X-HTTP-Method-Override`` (or ``X-HTTP-Method``,
+    ``X-Method-Override``) needs the scopes of both its method and the one
+    it asks for.
+
     Override :meth:`authenticate` or :meth:`authorize` to change how a
     request is judged.
     """
@@ -154,23 +128,25 @@ class ApiKeyMiddleware:
         app: WSGIApplication,
         store: SQLAlchemyKeyStore,
         *,
-        rules: Iterable[AccessRule] = (),
+        rules: Iterable[AccessRule] | RuleTable = (),
         public: Iterable[str] = (),
         required: bool = True,
         key_types: Iterable[str] = KEY_TYPES,
         environ_key: str = "apikey.principal",
         hide_credentials: bool = False,
-        preflight: bool = True,
+        preflight: bool = False,
         log_usage: bool = True,
         usage_writer: UsageWriter | None = None,
         throttle: FailureThrottle | None = None,
     ) -> None:
         self.app = app
         self.store = store
-        self.rules = [
-            (_methods(methods), path, normalize_scopes(scopes)) for methods, path, scopes in rules
-        ]
-        self.public = [public] if isinstance(public, str) else list(public)
+        if isinstance(rules, RuleTable):
+            if public:
+                raise ValueError("give public paths to the RuleTable, not beside it")
+            self.rules = rules
+        else:
+            self.rules = RuleTable(rules, public)
         self.required = required
         self.key_types = frozenset(key_types)
         if not self.key_types <= set(KEY_TYPES):
@@ -180,17 +156,6 @@ class ApiKeyMiddleware:
         self.environ_key = environ_key
         self.hide_credentials = hide_credentials
         self.preflight = preflight
-        self._public_paths = _adapter(
-            (Rule(path) for path in self.public), strict_slashes=True, merge_slashes=False
-        )
-        self._rule_paths = [
-            (
-                _adapter([Rule(path, methods=methods)], strict_slashes=False, merge_slashes=True),
-                scopes,
-            )
-            for methods, path, scopes in self.rules
-        ]
-        self._cached_scopes_for_raw = functools.lru_cache(maxsize=4096)(self._scopes_for_raw)
         #: Where requests with a known key id are logged (``None``: nowhere).
         self.usage = (usage_writer or UsageWriter(store)) if log_usage else None
         self.throttle = throttle
@@ -198,20 +163,21 @@ class ApiKeyMiddleware:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.app!r}, {self.store!r})"
 
-    def _scopes_for(self, method: str, path: str) -> tuple[str, ...] | None:
-        if _matches(self._public_paths, path, method, redirect=False):
-            return _PUBLIC
-        for adapter, scopes in self._rule_paths:
-            if _matches(adapter, path, method, redirect=True):
-                return scopes
-        return ()
-
-    def _scopes_for_raw(self, method: str, raw_path: str) -> tuple[str, ...] | None:
-        return self._scopes_for(method, _decoded(raw_path))
-
-    def scopes_for(self, method: str, path: str) -> tuple[str, ...] | None:
-        """The scopes a request needs, or ``None`` for a public path."""
-        return self._scopes_for(method, path)
+    def _needs(self, environ: WSGIEnvironment) -> tuple[str, ...] | Verdict:
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        # Judged by the raw PATH_INFO, so a known path is not decoded again.
+        raw_path = environ.get("PATH_INFO") or ""
+        needs = self.rules.needs(method, raw_path)
+        if not isinstance(needs, tuple):
+            return needs
+        for header in _OVERRIDE_HEADERS:
+            override = environ.get(header)
+            if override is not None:
+                other = self.rules.needs(override.strip().upper(), raw_path)
+                if not isinstance(other, tuple):
+                    return Verdict.BAD_REQUEST
+                needs = tuple(sorted({*needs, *other}))
+        return needs
 
     def authenticate(self, environ: WSGIEnvironment) -> Principal:
         """Return the principal of the request's key.
@@ -234,43 +200,48 @@ class ApiKeyMiddleware:
             raise ForbiddenError(scopes)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET").upper()
-        # Remembered by the raw PATH_INFO, so a known path is not decoded.
-        raw_path = environ.get("PATH_INFO") or ""
-        if len(raw_path) > _MAX_CACHED_PATH:
-            scopes = self._scopes_for_raw(method, raw_path)
-        else:
-            scopes = self._cached_scopes_for_raw(method, raw_path)
-        if scopes is _PUBLIC or (
+        scopes = self._needs(environ)
+        if scopes is Verdict.PUBLIC or (
             self.preflight
-            and method == "OPTIONS"
+            and environ.get("REQUEST_METHOD") == "OPTIONS"
             and "HTTP_ORIGIN" in environ
             and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
+            and scopes is not Verdict.BAD_REQUEST
         ):
             return self.app(environ, start_response)
+        if scopes is Verdict.BAD_REQUEST:
+            return self._refuse(BadRequestError(), None, environ, start_response)
         throttle = self.throttle
-        if throttle is not None:
+        address = ""
+        over: int | None = None
+        if throttle is not None and environ.get("HTTP_AUTHORIZATION"):
             address = environ.get("REMOTE_ADDR") or ""
-            wait = throttle.retry_after(address)
-            if wait is not None:
-                return self._refuse(TooManyRequestsError(wait), None, environ, start_response)
+            over = throttle.attempt(address)
+        else:
+            throttle = None
         key_id = None
         try:
             principal = self.authenticate(environ)
             key_id = principal.key_id
             self.authorize(principal, scopes)
         except ApiKeyError as error:
-            if isinstance(error, InvalidKeyError):
-                if throttle is not None:
-                    throttle.failed(address)
-                if isinstance(error, RejectedKeyError):
-                    key_id = error.key_id
+            if isinstance(error, RejectedKeyError):
+                key_id = error.key_id
+            if throttle is not None:
+                if not isinstance(error, InvalidKeyError):
+                    throttle.succeeded(address)
+                elif over is not None:
+                    error = TooManyRequestsError(over)
             return self._refuse(error, key_id, environ, start_response)
         except Exception:
             # A bug or an unforeseen fault: fail closed, but say so loudly.
             logger.exception("API key check failed unexpectedly, refusing the request")
+            if throttle is not None:
+                throttle.succeeded(address)
             fault = ServiceUnavailableError(self.store.retry_after)
             return self._refuse(fault, None, environ, start_response)
+        if throttle is not None:
+            throttle.succeeded(address)
         environ[self.environ_key] = principal
         return self._call_app(key_id, environ, start_response)
 
@@ -283,12 +254,14 @@ class ApiKeyMiddleware:
     ) -> Iterable[bytes]:
         if self.required:
             if key_id is not None:
-                self._record(key_id, environ, error.status)
+                self._record(key_id, environ, error.status, accepted=False)
             return error(environ, start_response)
         environ[ERROR_ENVIRON_KEY] = error
-        return self._call_app(key_id, environ, start_response)
+        return self._call_app(key_id, environ, start_response, accepted=False)
 
-    def _record(self, key_id: str, environ: WSGIEnvironment, status: int) -> None:
+    def _record(
+        self, key_id: str, environ: WSGIEnvironment, status: int, *, accepted: bool
+    ) -> None:
         if self.usage is None:
             return
         self.usage.record(
@@ -297,10 +270,16 @@ class ApiKeyMiddleware:
             get_path_info(environ),
             status,
             environ.get("REMOTE_ADDR"),
+            accepted,
         )
 
     def _call_app(
-        self, key_id: str | None, environ: WSGIEnvironment, start_response: StartResponse
+        self,
+        key_id: str | None,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        *,
+        accepted: bool = True,
     ) -> Iterable[bytes]:
         if self.hide_credentials:
             environ.pop("HTTP_AUTHORIZATION", None)
@@ -314,14 +293,14 @@ class ApiKeyMiddleware:
             nonlocal logged
             if not logged:
                 logged = True
-                self._record(key_id, environ, _status_code(status))
+                self._record(key_id, environ, _status_code(status), accepted=accepted)
             return start_response(status, headers, exc_info)
 
         try:
             return self.app(environ, logging_start_response)
         except BaseException:
             if not logged:
-                self._record(key_id, environ, 500)
+                self._record(key_id, environ, 500, accepted=accepted)
             raise
 
     def flush(self) -> None:

@@ -7,7 +7,7 @@ import typing as t
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .keys import shown_safely
+from .keys import holds_key, shown_safely
 
 # ``clients:read``, ``clients:*``, ``*``: parts of name characters joined by
 # colons, the last of which may be a wildcard. No spaces or quotes, so a set
@@ -25,6 +25,8 @@ def validate_scope(scope: object) -> str:
     """
     if not isinstance(scope, str):
         raise TypeError(f"a scope must be a string, not {type(scope).__name__}")
+    if holds_key(scope):
+        raise ValueError("a scope must not hold an API key (the value is not shown)")
     if len(scope) > MAX_SCOPE_LENGTH or _SCOPE_RE.fullmatch(scope) is None:
         raise ValueError(
             f"invalid scope {shown_safely(scope)}: use names like 'clients:read',"

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import logging
+import math
 import os
+import re
 import secrets
 import threading
+import time
 import typing as t
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,6 +30,7 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from ._lru import LRUCache
+from ._watchdog import StatementWatchdog
 from .changes import NOTIFY_CHANNEL, ChangeChannel, channel_for
 from .errors import (
     InvalidKeyError,
@@ -42,8 +47,10 @@ from .keys import (
     ParsedKey,
     display_prefix,
     generate_key,
+    holds_key,
     is_key_id,
     parse_key,
+    shown_safely,
 )
 from .principal import Principal, normalize_scopes
 
@@ -120,6 +127,10 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(sa.String(MAX_NAME_LENGTH))
     key_type: Mapped[str] = mapped_column(sa.String(4))
     key_hash: Mapped[str] = mapped_column(sa.String(60))
+    # The key's short keyed fingerprint (KeyHasher.check_value), compared
+    # before bcrypt. NULL in rows made before it existed: such a row gets it
+    # on its key's next successful use.
+    key_check: Mapped[str | None] = mapped_column(sa.String(16))
     # Space-separated, as in OAuth (RFC 6749 §3.3): scopes hold no spaces.
     scopes: Mapped[str] = mapped_column(sa.String(2000))
     owner: Mapped[str | None] = mapped_column(sa.String(MAX_NAME_LENGTH), index=True)
@@ -171,17 +182,47 @@ def _usage_insert(dialect: Dialect) -> tuple[str, bool]:
     return compiled.string, bool(compiled.positional)
 
 
+class AuthRow(t.NamedTuple):
+    """What authentication reads of a key's row, in ``_AUTH_QUERY``'s order."""
+
+    key_type: str
+    key_hash: str
+    key_check: str | None
+    name: str
+    scopes: str
+    owner: str | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
 # The one query on the request path: a primary-key read of what
 # authentication needs, built once so SQLAlchemy compiles it once.
 _AUTH_QUERY = sa.select(
     _keys.c.key_type,
     _keys.c.key_hash,
+    _keys.c.key_check,
     _keys.c.name,
     _keys.c.scopes,
     _keys.c.owner,
     _keys.c.expires_at,
     _keys.c.revoked_at,
 ).where(_keys.c.id == sa.bindparam("key_id"))
+
+
+# Gives a row made before check values existed its own, once.
+_SET_CHECK_QUERY = (
+    sa.update(_keys)
+    .where(
+        _keys.c.id == sa.bindparam("check_id"),
+        _keys.c.key_hash == sa.bindparam("check_hash"),
+        _keys.c.key_check.is_(None),
+    )
+    .values(key_check=sa.bindparam("check_value"))
+)
+
+#: Columns added since the first release, by table: ``create_schema`` adds
+#: those that a database made by an earlier release lacks.
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (("apikey_keys", "key_check"),)
 
 
 _TOUCH_QUERY = (
@@ -273,6 +314,9 @@ class UsageRecord(t.NamedTuple):
     remote_addr: str | None
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _check_name(what: str, value: object, *, optional: bool = False) -> str | None:
     if value is None and optional:
         return None
@@ -280,6 +324,10 @@ def _check_name(what: str, value: object, *, optional: bool = False) -> str | No
         raise ValueError(
             f"{what} must be a non-empty string of at most {MAX_NAME_LENGTH} characters"
         )
+    if holds_key(value):
+        raise ValueError(f"{what} must not hold an API key (the value is not shown)")
+    if _CONTROL_RE.search(value):
+        raise ValueError(f"{what} must not hold control characters")
     return value.strip()
 
 
@@ -302,12 +350,42 @@ def _sqlite_on_connect(dbapi_connection: t.Any, connection_record: t.Any) -> Non
         cursor.close()
 
 
+def _server_connect_args(parsed: sa.URL, timeout: float) -> dict[str, t.Any]:
+    """Driver options that bound every wait on a database server by ``timeout``."""
+    seconds = max(1, math.ceil(timeout))
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        # The server ends a statement that runs, or waits for a lock, too
+        # long; the watchdog (below) covers a connection that stops answering.
+        milliseconds = max(1, round(timeout * 1000))
+        options = f"-c statement_timeout={milliseconds} -c lock_timeout={milliseconds}"
+        given = parsed.query.get("options")
+        if isinstance(given, str) and given:
+            options = f"{given} {options}"
+        return {"connect_timeout": seconds, "options": options}
+    if backend in ("mysql", "mariadb"):
+        args: dict[str, t.Any] = {
+            "connect_timeout": seconds,
+            "read_timeout": seconds,
+            "write_timeout": seconds,
+        }
+        if "init_command" not in parsed.query:
+            args["init_command"] = (
+                f"SET SESSION lock_wait_timeout = {seconds}, innodb_lock_wait_timeout = {seconds}"
+            )
+        return args
+    return {"connect_timeout": seconds}
+
+
 def create_store_engine(url: str | sa.URL, *, timeout: float = 5.0) -> Engine:
     """Create an engine from ``url`` set up for the store.
 
-    Connects, waits for the pool and (SQLite) waits on a locked database for
-    at most ``timeout`` seconds, so a fault becomes a quick 503 rather than
-    a hung request.
+    Every wait is bounded by about ``timeout`` seconds, so that a fault
+    becomes a quick 503 rather than a hung request: connecting, waiting for
+    the pool, and waiting on a locked SQLite file; on PostgreSQL a
+    statement or lock wait (``statement_timeout``, ``lock_timeout``) and a
+    connection that stops answering (a watchdog cuts it); on MySQL and
+    MariaDB lock waits and reads and writes on the connection.
 
     :raises ValueError: if the URL cannot be parsed or has no driver here.
     """
@@ -322,13 +400,17 @@ def create_store_engine(url: str | sa.URL, *, timeout: float = 5.0) -> Engine:
     if backend == "sqlite":
         options["connect_args"] = {"timeout": timeout}
     elif backend in ("postgresql", "mysql", "mariadb"):
-        options["connect_args"] = {"connect_timeout": max(1, round(timeout))}
+        options["connect_args"] = _server_connect_args(parsed, timeout)
     try:
         engine = sa.create_engine(parsed, **options)
     except (exc.NoSuchModuleError, ImportError) as error:
         raise ValueError(f"no database driver for {shown}: {error}") from None
     if backend == "sqlite" and not in_memory:
         event.listen(engine, "connect", _sqlite_on_connect)
+    elif backend == "postgresql":
+        # A little after the server's own timeouts, which end a statement
+        # more gently (the connection survives).
+        StatementWatchdog(engine, timeout + 0.5)
     return engine
 
 
@@ -423,9 +505,7 @@ class SQLAlchemyKeyStore:
         self.revocation = revocation
         # Verified keys: a keyed digest of the key -> its id, the row it was
         # verified against and its principal. Never the key itself.
-        self._verified: LRUCache[bytes, tuple[str, tuple[t.Any, ...], Principal]] = LRUCache(
-            cache_size
-        )
+        self._verified: LRUCache[bytes, tuple[str, AuthRow, Principal]] = LRUCache(cache_size)
         # Keys that failed bcrypt, by the same digest -> the hash they failed.
         self._failed: LRUCache[bytes, str] = LRUCache(cache_size)
         self._memo_secret = secrets.token_bytes(32)
@@ -433,7 +513,7 @@ class SQLAlchemyKeyStore:
         #: Where channel mode hears of changes (``None`` in immediate mode).
         self.channel: ChangeChannel | None = None
         # Channel mode: key id -> (channel token, row or None for unknown).
-        self._rows: LRUCache[str, tuple[int, tuple[t.Any, ...] | None]] = LRUCache(cache_size)
+        self._rows: LRUCache[str, tuple[int, AuthRow | None]] = LRUCache(cache_size)
         if revocation == "channel":
             self.channel = channel_for(self.engine, poll_interval=poll_interval, timeout=timeout)
 
@@ -441,8 +521,21 @@ class SQLAlchemyKeyStore:
         return f"{type(self).__name__}({self.engine.url.render_as_string(hide_password=True)!r})"
 
     def create_schema(self) -> None:
-        """Create the store's tables where they are missing."""
-        self.metadata.create_all(self.engine)
+        """Create the store's tables where they are missing, and add the
+        columns a database made by an earlier release lacks (idempotent)."""
+        with self.engine.begin() as connection:
+            self.metadata.create_all(connection)
+            inspector = sa.inspect(connection)
+            for table_name, column_name in ADDED_COLUMNS:
+                present = {column["name"] for column in inspector.get_columns(table_name)}
+                if column_name in present:
+                    continue
+                table = self.metadata.tables[table_name]
+                column = sa.schema.CreateColumn(table.c[column_name]).compile(
+                    dialect=connection.dialect
+                )
+                name = connection.dialect.identifier_preparer.format_table(table)
+                connection.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {column}")
 
     def close(self) -> None:
         """Stop the change channel; close the pooled connections of an
@@ -459,17 +552,23 @@ class SQLAlchemyKeyStore:
 
     # -- the request path ------------------------------------------------
 
-    def _auth_row(self, key_id: str) -> tuple[t.Any, ...] | None:
+    def _auth_row(self, key_id: str) -> AuthRow | None:
+        started = time.monotonic()
         for attempt in (1, 2):
             try:
                 with self.engine.connect() as connection:
                     row = connection.execute(_AUTH_QUERY, {"key_id": key_id}).first()
-                return None if row is None else tuple(row)
+                return None if row is None else AuthRow(*row)
             except exc.DBAPIError as error:
                 # A connection the server dropped (restart, failover,
                 # pg_terminate_backend) is thrown away by SQLAlchemy; one
-                # more try on a fresh one saves the request.
-                if attempt == 1 and error.connection_invalidated:
+                # more try on a fresh one saves the request. Not after a
+                # wait: the answer must come within about one timeout.
+                if (
+                    attempt == 1
+                    and error.connection_invalidated
+                    and time.monotonic() - started < self.timeout / 2
+                ):
                     continue
                 self._log_fault(error)
                 raise ServiceUnavailableError(self.retry_after) from None
@@ -478,7 +577,7 @@ class SQLAlchemyKeyStore:
                 raise ServiceUnavailableError(self.retry_after) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _row(self, key_id: str) -> tuple[t.Any, ...] | None:
+    def _row(self, key_id: str) -> AuthRow | None:
         channel = self.channel
         token = None if channel is None else channel.token()
         if token is None:
@@ -493,10 +592,13 @@ class SQLAlchemyKeyStore:
         return row
 
     @staticmethod
-    def _log_fault(error: exc.SQLAlchemyError) -> None:
+    def _log_fault(
+        error: exc.SQLAlchemyError, what: str = "API key store unavailable, refusing requests"
+    ) -> None:
         cause = error.orig if isinstance(error, exc.DBAPIError) else error
         logger.error(
-            "API key store unavailable, refusing requests: %s: %s",
+            "%s: %s: %s",
+            what,
             type(cause).__name__,
             str(cause).splitlines()[0] if str(cause) else "",
         )
@@ -528,7 +630,7 @@ class SQLAlchemyKeyStore:
             # not expired since means the same answer.
             key_id, verified_row, principal = known
             row = self._row(key_id)
-            if row == verified_row and (row[5] is None or row[5] > utcnow()):
+            if row == verified_row and (row.expires_at is None or row.expires_at > utcnow()):
                 return principal
         parsed = parse_key(key) if isinstance(key, str) else key
         if parsed is None:
@@ -537,20 +639,45 @@ class SQLAlchemyKeyStore:
             row = self._row(parsed.key_id)
         if row is None:
             raise InvalidKeyError
-        key_type, key_hash, name, scopes, owner, expires_at, revoked_at = row
-        if key_type != parsed.key_type or revoked_at is not None:
+        if row.key_type != parsed.key_type or row.revoked_at is not None:
             raise RejectedKeyError(parsed.key_id)
-        if expires_at is not None and expires_at <= utcnow():
+        if row.expires_at is not None and row.expires_at <= utcnow():
             raise RejectedKeyError(parsed.key_id)
+        check = row.key_check
+        if check is not None:
+            # A wrong secret stops here, for one HMAC: only the right key
+            # (or one guess in 2**48) goes on to bcrypt.
+            if not hmac.compare_digest(self.hasher.check_value(token), check):
+                raise RejectedKeyError(parsed.key_id)
         # A wrong key stays wrong for as long as the stored hash is the same.
-        if self._failed.get(memo) == key_hash or not self._verify(token, key_hash):
-            self._failed.set(memo, key_hash)
+        elif self._failed.get(memo) == row.key_hash:
             raise RejectedKeyError(parsed.key_id)
+        if not self._verify(token, row.key_hash):
+            self._failed.set(memo, row.key_hash)
+            raise RejectedKeyError(parsed.key_id)
+        if check is None:
+            row = self._set_check(parsed.key_id, token, row)
         principal = Principal(
-            parsed.key_id, name, parsed.key_type, frozenset(scopes.split()), owner
+            parsed.key_id, row.name, parsed.key_type, frozenset(row.scopes.split()), row.owner
         )
         self._verified.set(memo, (parsed.key_id, row, principal))
         return principal
+
+    def _set_check(self, key_id: str, token: str, row: AuthRow) -> AuthRow:
+        """Give a row made before check values existed its own; the row as
+        it now is. A failure only means the next process tries again."""
+        value = self.hasher.check_value(token)
+        try:
+            with self._session() as session, session.begin():
+                session.execute(
+                    _SET_CHECK_QUERY,
+                    {"check_id": key_id, "check_hash": row.key_hash, "check_value": value},
+                )
+                self._announce(session, key_id)
+        except exc.SQLAlchemyError as error:
+            self._log_fault(error, "could not store a key's check value")
+            return row
+        return row._replace(key_check=value)
 
     def _verify(self, key: str, key_hash: str) -> bool:
         if not self._bcrypt_slots.acquire(timeout=self.timeout):
@@ -585,7 +712,9 @@ class SQLAlchemyKeyStore:
         :raises ValueError: on a bad name, type, scope, owner or expiry.
         """
         if key_type not in KEY_TYPES:
-            raise ValueError(f"key_type must be one of {', '.join(KEY_TYPES)}, not {key_type!r}")
+            raise ValueError(
+                f"key_type must be one of {', '.join(KEY_TYPES)}, not {shown_safely(str(key_type))}"
+            )
         return self._issue(
             t.cast(str, _check_name("name", name)),
             key_type,
@@ -613,6 +742,7 @@ class SQLAlchemyKeyStore:
                 name=name,
                 key_type=key_type,
                 key_hash=key_hash,
+                key_check=self.hasher.check_value(parsed.key),
                 scopes=" ".join(scope_list),
                 owner=owner,
                 created_at=now,
@@ -730,15 +860,21 @@ class SQLAlchemyKeyStore:
 
     # -- usage -----------------------------------------------------------
 
-    def record_usage(self, records: Sequence[UsageRecord]) -> None:
+    def record_usage(
+        self, records: Sequence[UsageRecord], *, last_used: Mapping[str, datetime] | None = None
+    ) -> None:
         """Write logged requests in one transaction and move each key's
-        ``last_used_at`` forward to its latest request."""
+        ``last_used_at`` forward: to its time in ``last_used`` (the usage
+        writer gives the latest accepted request of each key), or without
+        it to the latest of its records."""
         if not records:
             return
-        latest: dict[str, datetime] = {}
-        for record in records:
-            if record.key_id not in latest or latest[record.key_id] < record.occurred_at:
-                latest[record.key_id] = record.occurred_at
+        if last_used is None:
+            latest: dict[str, datetime] = {}
+            for record in records:
+                if record.key_id not in latest or latest[record.key_id] < record.occurred_at:
+                    latest[record.key_id] = record.occurred_at
+            last_used = latest
         with self.engine.begin() as connection:
             dialect = connection.dialect
             statement, positional = _usage_insert(dialect)
@@ -765,10 +901,11 @@ class SQLAlchemyKeyStore:
             )
             # Sorted, so that writers in several processes lock rows in one
             # order and cannot deadlock one another.
-            connection.execute(
-                _TOUCH_QUERY,
-                [{"touch_id": key, "touch_at": latest[key]} for key in sorted(latest)],
-            )
+            if last_used:
+                connection.execute(
+                    _TOUCH_QUERY,
+                    [{"touch_id": key, "touch_at": last_used[key]} for key in sorted(last_used)],
+                )
 
     def usage(
         self, key_id: str, *, since: datetime | None = None, limit: int | None = None

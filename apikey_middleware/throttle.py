@@ -1,8 +1,8 @@
-"""Failed-attempt throttling: a client address that keeps guessing is shut out.
+"""Failed-attempt throttling: a client address that keeps guessing gets 429.
 
 Each process counts on its own, in memory: behind ``N`` processes a client
 can make up to ``N * limit`` failed attempts per window before all of them
-refuse it. The count is per ``REMOTE_ADDR``; behind a reverse proxy, set the
+answer 429. The count is per ``REMOTE_ADDR``; behind a reverse proxy, set the
 client's address with Werkzeug's ``ProxyFix`` first, or every client shares
 the proxy's address and count.
 """
@@ -18,18 +18,24 @@ from ._lru import LRUCache
 
 
 class FailureThrottle:
-    """Refuse a client address for the rest of a window once it has failed
-    ``limit`` times within it.
+    """Answer 429 to a client address whose attempts keep failing.
 
-    A window opens at an address's first failure and lasts ``window``
-    seconds; when it is over the count starts again from zero. Only invalid
-    keys count, not missing keys or missing scopes: a guess at a secret is
-    what is being slowed.
+    Each request that presents a key counts as an attempt from its address
+    when it arrives, so concurrent guesses count at once; one that turns
+    out valid (or refused for another reason than its key) is taken back.
+    Once more than ``limit`` attempts are counted in a window, the
+    address's invalid keys get 429 with ``Retry-After`` instead of 401
+    until the window ends. Its valid keys are still accepted: requests from
+    a throttled address are checked as cheaply as any (nothing that cannot
+    be a key reaches the database, no wrong secret reaches bcrypt), so
+    other clients' failures behind a shared address never shut a valid key
+    out. A window opens at an address's first attempt and lasts ``window``
+    seconds.
 
     :param limit: failed attempts allowed per window.
     :param window: the window's length in seconds.
     :param max_addresses: how many addresses are tracked at once; the least
-        recently failed are forgotten first, so memory stays bounded.
+        recently seen are forgotten first, so memory stays bounded.
     :param clock: seconds, monotonic (for tests).
     """
 
@@ -48,32 +54,44 @@ class FailureThrottle:
         self.limit = limit
         self.window = float(window)
         self._clock = clock
-        # address -> [window start, failures in it]
-        self._failures: LRUCache[str, list[float]] = LRUCache(max_addresses)
+        # address -> [window start, attempts counted in it]
+        self._attempts: LRUCache[str, list[float]] = LRUCache(max_addresses)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"FailureThrottle(limit={self.limit}, window={self.window})"
 
     def __len__(self) -> int:
-        return len(self._failures)
+        return len(self._attempts)
+
+    def _wait(self, start: float, now: float) -> int:
+        return max(1, math.ceil(start + self.window - now))
 
     def retry_after(self, address: str) -> int | None:
-        """Seconds until ``address`` may try again, or ``None`` if it may now."""
-        entry = self._failures.get(address)
-        if entry is None or entry[1] < self.limit:
+        """Seconds until ``address``'s failures are answered 401 again, or
+        ``None`` if they are now."""
+        now = self._clock()
+        entry = self._attempts.get(address)
+        if entry is None or entry[1] < self.limit or now - entry[0] >= self.window:
             return None
-        left = entry[0] + self.window - self._clock()
-        if left <= 0:
-            return None
-        return max(1, math.ceil(left))
+        return self._wait(entry[0], now)
 
-    def failed(self, address: str) -> None:
-        """Count a failed attempt from ``address``."""
+    def attempt(self, address: str) -> int | None:
+        """Count an attempt from ``address`` as it arrives; if more than
+        ``limit`` are counted in its window, the seconds left in it."""
         now = self._clock()
         with self._lock:
-            entry = self._failures.get(address)
+            entry = self._attempts.get(address)
             if entry is None or now - entry[0] >= self.window:
-                self._failures.set(address, [now, 1.0])
+                self._attempts.set(address, [now, 1.0])
+                entry = [now, 1.0]
             else:
                 entry[1] += 1
+            return self._wait(entry[0], now) if entry[1] > self.limit else None
+
+    def succeeded(self, address: str) -> None:
+        """Take back an attempt that was not a failed guess."""
+        with self._lock:
+            entry = self._attempts.get(address)
+            if entry is not None and entry[1] > 0:
+                entry[1] -= 1

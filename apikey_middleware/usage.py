@@ -20,7 +20,7 @@ import weakref
 from collections import deque
 from datetime import UTC, datetime
 
-from .store import UsageRecord
+from .store import MAX_PATH_LENGTH, UsageRecord
 
 if t.TYPE_CHECKING:
     from .store import SQLAlchemyKeyStore
@@ -29,8 +29,22 @@ logger = logging.getLogger("apikey_middleware")
 
 
 # A logged request as the request thread leaves it: the time as a float, made
-# into a datetime only when the writer writes it.
-_Pending = tuple[str, float, str, str, int, str | None]
+# into a datetime only when the writer writes it, and whether the key was
+# accepted (only those move last_used_at).
+_Pending = tuple[str, float, str, str, int, str | None, bool]
+
+# What a buffered row costs beyond its strings: the tuple, its float, int
+# and bool, and the strings' own headers (CPython, 64-bit, roughly).
+_ROW_OVERHEAD = 250
+MAX_METHOD_LENGTH = 16
+MAX_ADDRESS_LENGTH = 64
+
+
+def _cause(error: Exception) -> str:
+    """The first line of what the driver said, for the log (never a key:
+    usage rows hold ids, paths and addresses only)."""
+    cause = getattr(error, "orig", None) or error
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
 
 
 def _call_if_alive(reference: weakref.ref[UsageWriter], method: str) -> None:
@@ -45,6 +59,9 @@ class UsageWriter:
     :param store: where the rows go.
     :param max_pending: the most rows held in memory; more are dropped and
         counted.
+    :param max_pending_bytes: the most memory those rows may take, roughly;
+        method, path and address are cut to their column sizes when a row
+        is recorded, so a long path cannot make a row large.
     :param batch_size: rows that wake the writer before ``interval`` is up,
         and the most written in one transaction.
     :param interval: seconds between writes while rows are waiting.
@@ -55,16 +72,22 @@ class UsageWriter:
         store: SQLAlchemyKeyStore,
         *,
         max_pending: int = 100_000,
+        max_pending_bytes: int = 32 * 1024 * 1024,
         batch_size: int = 1000,
         interval: float = 1.0,
     ) -> None:
-        for name, value in (("max_pending", max_pending), ("batch_size", batch_size)):
+        for name, value in (
+            ("max_pending", max_pending),
+            ("max_pending_bytes", max_pending_bytes),
+            ("batch_size", batch_size),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
         if not isinstance(interval, int | float) or interval <= 0:
             raise ValueError(f"interval must be a positive number of seconds, not {interval!r}")
         self.store = store
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
         self.batch_size = batch_size
         self.interval = float(interval)
         #: Rows dropped because the buffer was full, since the start.
@@ -72,6 +95,7 @@ class UsageWriter:
         #: Rows written, since the start.
         self.written = 0
         self._pending: deque[_Pending] = deque()
+        self._pending_bytes = 0
         self._in_flight = 0  # rows taken from the buffer for a write not yet done
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
@@ -94,19 +118,48 @@ class UsageWriter:
         """Rows buffered and not yet written (a write under way included)."""
         return len(self._pending) + self._in_flight
 
+    @property
+    def pending_bytes(self) -> int:
+        """Roughly the memory the buffered rows take."""
+        return self._pending_bytes
+
     def record(
-        self, key_id: str, method: str, path: str, status: int, remote_addr: str | None
+        self,
+        key_id: str,
+        method: str,
+        path: str,
+        status: int,
+        remote_addr: str | None,
+        accepted: bool = True,
     ) -> None:
-        """Log one request; called on the request path, so cheap."""
-        if self._closed or len(self._pending) >= self.max_pending:
-            with self._state_lock:
+        """Log one request; called on the request path, so cheap.
+
+        ``accepted`` says whether the key was accepted for it; only those
+        requests move the key's ``last_used_at``.
+        """
+        method = method[:MAX_METHOD_LENGTH]
+        path = path[:MAX_PATH_LENGTH]
+        if remote_addr is not None:
+            remote_addr = remote_addr[:MAX_ADDRESS_LENGTH]
+        size = _ROW_OVERHEAD + len(path) + len(method) + len(remote_addr or "")
+        with self._state_lock:
+            if (
+                self._closed
+                or len(self._pending) >= self.max_pending
+                or self._pending_bytes + size > self.max_pending_bytes
+            ):
                 self.dropped += 1
-            return
-        self._pending.append((key_id, time.time(), method, path, status, remote_addr))
+                return
+            self._pending_bytes += size
+            self._pending.append((key_id, time.time(), method, path, status, remote_addr, accepted))
         if self._thread is None:
             self._start()
         elif len(self._pending) >= self.batch_size:
             self._wake.set()
+
+    @staticmethod
+    def _size(row: _Pending) -> int:
+        return _ROW_OVERHEAD + len(row[3]) + len(row[2]) + len(row[5] or "")
 
     def _start(self) -> None:
         with self._state_lock:
@@ -136,8 +189,11 @@ class UsageWriter:
         with self._write_lock:
             while self._pending:
                 batch: list[_Pending] = []
-                while self._pending and len(batch) < self.batch_size:
-                    batch.append(self._pending.popleft())
+                with self._state_lock:
+                    while self._pending and len(batch) < self.batch_size:
+                        row = self._pending.popleft()
+                        self._pending_bytes -= self._size(row)
+                        batch.append(row)
                 self._in_flight = len(batch)
                 try:
                     if not self._write(batch):
@@ -152,24 +208,29 @@ class UsageWriter:
                 self._reported_drops = self.dropped
 
     def _write(self, batch: list[_Pending]) -> bool:
+        records = []
+        last_used: dict[str, datetime] = {}
+        for key_id, at, method, path, status, addr, accepted in batch:
+            when = datetime.fromtimestamp(at, UTC)
+            records.append(UsageRecord(key_id, when, method, path, status, addr))
+            if accepted and (key_id not in last_used or last_used[key_id] < when):
+                last_used[key_id] = when
         try:
-            self.store.record_usage(
-                [
-                    UsageRecord(key_id, datetime.fromtimestamp(at, UTC), method, path, status, addr)
-                    for key_id, at, method, path, status, addr in batch
-                ]
-            )
+            self.store.record_usage(records, last_used=last_used)
         except Exception as error:
             # Back to the front of the line, as far as room allows; the
             # rest is dropped and counted.
-            room = max(0, self.max_pending - len(self._pending))
-            self._pending.extendleft(reversed(batch[:room]))
             with self._state_lock:
-                self.dropped += len(batch) - min(room, len(batch))
+                room = max(0, self.max_pending - len(self._pending))
+                kept = batch[:room]
+                self._pending.extendleft(reversed(kept))
+                self._pending_bytes += sum(self._size(row) for row in kept)
+                self.dropped += len(batch) - len(kept)
             logger.error(
-                "could not write %d usage rows, will retry: %s",
+                "could not write %d usage rows, will retry: %s: %s",
                 len(batch),
                 type(error).__name__,
+                _cause(error),
             )
             return False
         self.written += len(batch)

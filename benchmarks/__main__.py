@@ -16,7 +16,7 @@ import time
 
 from apikey_middleware import SQLAlchemyKeyStore
 
-from . import bench_abuse, bench_middleware, bench_revocation, bench_server
+from . import bench_abuse, bench_flood, bench_middleware, bench_revocation, bench_server
 from ._table import Table
 
 
@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server-rounds", type=int, default=9)
     parser.add_argument("--server-requests", type=int, default=1000)
     parser.add_argument("--flood-rounds", type=int, default=9)
+    parser.add_argument("--server-flood-rounds", type=int, default=5)
+    parser.add_argument("--server-flood-seconds", type=float, default=3.0)
     parser.add_argument("--trials", type=int, default=30, help="revocation latency trials")
     parser.add_argument("--memory-keys", type=int, default=1_000_000)
     parser.add_argument(
@@ -57,6 +59,12 @@ def main(argv: list[str] | None = None) -> None:
         if "abuse" in wanted:
             bench_abuse.flood(
                 table, f"sqlite:///{folder}/flood.db", rounds=args.flood_rounds, requests=2000
+            )
+            bench_flood.run(
+                table,
+                f"sqlite:///{folder}/flood-server.db",
+                rounds=args.server_flood_rounds,
+                seconds=args.server_flood_seconds,
             )
         if "revocation" in wanted:
             latency = {"SQLite": f"sqlite:///{folder}/revocation.db"}

@@ -149,6 +149,8 @@ class TcpProxy:
     - :meth:`refuse`: the port closes, as when the server is stopped;
     - :meth:`hang`: connections are accepted and then nothing answers;
     - :meth:`drop`: every open connection is cut, as by a restart;
+    - :meth:`freeze`: open connections stay open but nothing more passes,
+      and new ones hang, as with a frozen peer;
     - :meth:`forward`: back to normal.
     """
 
@@ -181,7 +183,7 @@ class TcpProxy:
                 client, _ = listener.accept()
             except (TimeoutError, OSError):
                 continue
-            if self.mode == "hang":
+            if self.mode in ("hang", "freeze"):
                 with self._lock:
                     self._pairs.append((client, None))
                 continue
@@ -194,12 +196,14 @@ class TcpProxy:
                 self._pairs.append((client, upstream))
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
 
-    @staticmethod
-    def _pump(client: socket.socket, upstream: socket.socket) -> None:
+    def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
         sockets = [client, upstream]
         try:
             while True:
-                readable, _, _ = select.select(sockets, [], [], 0.5)
+                if self.mode == "freeze":
+                    time.sleep(0.05)
+                    continue
+                readable, _, _ = select.select(sockets, [], [], 0.05)
                 for source in readable:
                     data = source.recv(65536)
                     if not data:
@@ -231,6 +235,9 @@ class TcpProxy:
     def hang(self) -> None:
         self.drop()
         self.mode = "hang"
+
+    def freeze(self) -> None:
+        self.mode = "freeze"
 
     def forward(self) -> None:
         self.drop()

@@ -413,3 +413,62 @@ def test_flask_apikeys_failures_are_one_line(flask_app: Flask) -> None:
     assert "no API key with id" in result.output
     result = runner.invoke(args=["apikeys", "create", "--name", "n", "--expires-in", "soon"])
     assert result.exit_code == 2
+
+
+A_KEY = "sk_live_" + "a1b2c3d4e5f6g7" + "_" + "Q" * 34
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["create", "--name", "x", "--type", A_KEY], id="type"),
+        pytest.param(["create", "--name", "x", "--expires-in", A_KEY], id="expires-in"),
+        pytest.param(["create", "--name", "x", "--scope", A_KEY], id="scope"),
+        pytest.param(["create", "--name", A_KEY], id="name"),
+        pytest.param(["create", "--name", f"for {A_KEY}"], id="name-around-a-key"),
+        pytest.param(["create", "--name", "x", "--owner", A_KEY], id="owner"),
+        pytest.param(["rotate", "a1b2c3d4e5f6g7", "--grace", A_KEY], id="grace"),
+        pytest.param(["revoke", "a1b2c3d4e5f6g7", A_KEY], id="extra-argument"),
+        pytest.param(["list", A_KEY], id="extra-argument-of-list"),
+        pytest.param(["create", "--name", "x", f"--{A_KEY}"], id="unknown-option"),
+    ],
+)
+def test_a_key_pasted_into_any_option_is_refused_and_never_echoed(
+    url: str, store: SQLAlchemyKeyStore, args: list[str]
+) -> None:
+    result = run(url, *args)
+    assert result.exit_code in (1, 2), result.output
+    assert "Traceback" not in result.output
+    assert A_KEY not in result.output
+    assert A_KEY[8:30] not in result.output
+    assert "not shown" in result.stderr
+    assert store.list_keys(include_revoked=True) == []
+
+
+def test_stored_text_is_printed_with_control_characters_escaped(
+    url: str, store: SQLAlchemyKeyStore
+) -> None:
+    issued = store.create_key("plain", owner="acme")
+    hostile = "/x\x1b]0;owned\x07\x1b[2J\r\n"
+    store.record_usage(
+        [UsageRecord(issued.id, datetime.now(UTC), "GET\x1b[1m", hostile, 200, "\x1b[31m")]
+    )
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE apikey_keys SET name = ?, owner = ?", ("ev\x1bil\x9b", "o\x07wner")
+        )
+    for args in (["usage", issued.id], ["list"], ["show", issued.id]):
+        result = run(url, *args)
+        assert result.exit_code == 0, result.output
+        assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", result.output), args
+    assert "\\x1b]0;owned\\x07\\x1b[2J\\x0d\\x0a" in run(url, "usage", issued.id).output
+    assert "ev\\x1bil\\x9b" in run(url, "show", issued.id).output
+
+
+@pytest.mark.parametrize("value", ["name\x1b[2J", "tab\there", "bell\x07"])
+def test_names_with_control_characters_are_refused(
+    url: str, store: SQLAlchemyKeyStore, value: str
+) -> None:
+    result = run(url, "create", "--name", value)
+    assert_one_line_error(result, 1, "control characters")
+    assert store.list_keys() == []

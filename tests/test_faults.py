@@ -18,6 +18,7 @@ from apikey_middleware.keys import ParsedKey, generate_key
 from apikey_middleware.principal import Principal
 
 from .conftest import TEST_ROUNDS, server_url
+from .servers import TcpProxy
 from .test_middleware import RecordingApp, bearer
 
 UNAVAILABLE = {
@@ -40,18 +41,33 @@ def assert_unavailable(response: TestResponse, app: RecordingApp) -> None:
 @pytest.mark.parametrize(
     "url",
     [
-        pytest.param("postgresql+psycopg://postgres@127.0.0.1:1/test", id="postgresql"),
-        pytest.param("mysql+pymysql://root@127.0.0.1:1/test", id="mysql"),
+        pytest.param("postgresql+psycopg://postgres@127.0.0.1:{port}/test", id="postgresql"),
+        pytest.param("mysql+pymysql://root@127.0.0.1:{port}/test", id="mysql"),
     ],
 )
-def test_unreachable_server_gets_503_quickly(url: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_server_that_accepts_and_never_answers_gets_503_within_the_timeout(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     app = RecordingApp()
-    store = SQLAlchemyKeyStore(url, bcrypt_rounds=TEST_ROUNDS, timeout=2)
+    silent = TcpProxy(1)
+    silent.hang()  # connections are accepted, and nothing ever answers
+    store = SQLAlchemyKeyStore(url.format(port=silent.port), bcrypt_rounds=TEST_ROUNDS, timeout=1)
     key = generate_key("live").key
+    answers: list[TestResponse] = []
     started = time.monotonic()
-    response = Client(ApiKeyMiddleware(app, store)).get("/", headers=bearer(key))
-    assert time.monotonic() - started < 10
-    assert_unavailable(response, app)
+    asking = threading.Thread(
+        target=lambda: answers.append(
+            Client(ApiKeyMiddleware(app, store)).get("/", headers=bearer(key))
+        ),
+        daemon=True,
+    )
+    asking.start()
+    asking.join(timeout=30)
+    took = time.monotonic() - started
+    silent.close()
+    assert answers, "no answer after 30 s: the connect wait is not bounded"
+    assert took < 4, took
+    assert_unavailable(answers[0], app)
     assert "store unavailable" in caplog.text
     assert key not in caplog.text
     assert key[22:] not in caplog.text

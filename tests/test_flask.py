@@ -12,7 +12,13 @@ from flask.typing import ResponseReturnValue
 from flask.views import MethodView
 from werkzeug.test import Client, TestResponse
 
-from apikey_middleware import ApiKeyMiddleware, IssuedKey, Principal, SQLAlchemyKeyStore
+from apikey_middleware import (
+    ApiKeyMiddleware,
+    InvalidKeyError,
+    IssuedKey,
+    Principal,
+    SQLAlchemyKeyStore,
+)
 from apikey_middleware.flask import ApiKeys, current_principal, require_scopes
 from apikey_middleware.keys import generate_key
 
@@ -291,9 +297,15 @@ def test_settings_reach_the_store_and_middleware(sqlite_url: str) -> None:
     assert client.get("/", headers=bearer(live.key)).status_code == 200
     assert seen["authorization"] is None
     assert client.get("/", headers=bearer(test.key)).status_code == 403
-    other = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=5)  # no pepper: hashes differ
-    assert other.hasher.verify(live.key, "x") is False
-    other.close()
+    # The key was hashed with the configured pepper: only a store with the
+    # same pepper accepts it.
+    unpeppered = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=5, pepper=None)
+    with pytest.raises(InvalidKeyError):
+        unpeppered.authenticate(live.key)
+    unpeppered.close()
+    peppered = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=5, pepper=b"pepper")
+    assert peppered.authenticate(live.key).key_id == live.id
+    peppered.close()
 
 
 def test_default_database_is_in_the_instance_folder(tmp_path: Path) -> None:
@@ -390,3 +402,35 @@ def test_principal_is_the_stores_principal(client: Client, reader: IssuedKey) ->
 
     assert client.get("/capture", headers=bearer(reader.key)).status_code == 200
     assert seen == [True, True]
+
+
+PREFLIGHT = {"Origin": "https://example.com", "Access-Control-Request-Method": "DELETE"}
+
+
+def _preflight_app(store: SQLAlchemyKeyStore, **config: t.Any) -> Flask:
+    app = make_app(store, **config)
+
+    @app.route("/cors", methods=["OPTIONS", "DELETE"])
+    @require_scopes("clients:delete")
+    def cors() -> ResponseReturnValue:
+        return _whoami()
+
+    return app
+
+
+def test_a_preflight_to_a_decorated_view_needs_a_key_by_default(
+    sqlite_store: SQLAlchemyKeyStore,
+) -> None:
+    client = _preflight_app(sqlite_store).test_client()
+    response = client.options("/cors", headers=PREFLIGHT)
+    assert response.status_code == 401
+    assert response.json is not None
+    assert response.json["error"]["code"] == "UNAUTHORIZED"
+
+
+def test_a_preflight_passes_when_turned_on(sqlite_store: SQLAlchemyKeyStore) -> None:
+    client = _preflight_app(sqlite_store, APIKEY_PREFLIGHT=True).test_client()
+    response = client.options("/cors", headers=PREFLIGHT)
+    assert response.status_code == 200
+    assert response.json == {"key_id": None}
+    assert client.delete("/cors", headers=PREFLIGHT).status_code == 401

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import string
 import typing as t
 from collections.abc import Iterable, Iterator
 
@@ -19,6 +21,7 @@ from werkzeug.test import run_wsgi_app
 from apikey_middleware import ApiKeyMiddleware, FailureThrottle, IssuedKey, SQLAlchemyKeyStore
 from apikey_middleware.cli import parse_duration
 from apikey_middleware.keys import generate_key, parse_key
+from apikey_middleware.principal import scope_granted
 
 from .conftest import TEST_ROUNDS
 
@@ -36,6 +39,7 @@ FUZZ = settings(
 )
 LATIN1 = st.text(st.characters(max_codepoint=255), max_size=200)
 ERROR_BODIES = {
+    400: [{"code": "BAD_REQUEST", "message": "The request path or method is not valid"}],
     401: [
         {"code": "UNAUTHORIZED", "message": "No API key provided"},
         {
@@ -69,37 +73,58 @@ def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[byt
     return [b"app"]
 
 
+PATHS = [
+    "/v1/clients", "/v1/clients/", "/v1//clients", "v1/clients", "/v1/clients/7", "/v1/",
+    "/health", "/health/", "//health", "health", "/elsewhere", "/",
+    "/v1/./clients", "/v1/x/../clients", "/health/..", "/static/%2e%2e/v1", "/v1%2fclients",
+    "/v1/..;/clients", "/v1\\..\\clients", "/v1/clients\x00", "/v1/caf\xc3\xa9", "/.well-known/x",
+]  # fmt: skip
+METHODS = ["GET", "POST", "OPTIONS", "DELETE", "HEAD", "get", "PATCH", "G" * 40, "GE T", ""]
+OVERRIDES = ["DELETE", "POST", "GET", "", "D E L"]
+
+
 class Setup(t.NamedTuple):
-    middleware: ApiKeyMiddleware
     keys: list[IssuedKey]
+    revoked: str
+    #: by (preflight, store down, throttle)
+    middlewares: dict[tuple[bool, bool, bool], ApiKeyMiddleware]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    path = tmp_path_factory.mktemp("fuzz") / "keys.db"
-    store = SQLAlchemyKeyStore(f"sqlite:///{path}", bcrypt_rounds=TEST_ROUNDS)
+    folder = tmp_path_factory.mktemp("fuzz")
+    store = SQLAlchemyKeyStore(f"sqlite:///{folder / 'keys.db'}", bcrypt_rounds=TEST_ROUNDS)
     store.create_schema()
     keys = [
         store.create_key("reader", scopes=["clients:read"]),
         store.create_key("live", key_type="live", scopes=["*"]),
+        store.create_key("nobody", key_type="live"),
     ]
-    revoked = store.create_key("revoked")
+    revoked = store.create_key("revoked", scopes=["*"])
     store.revoke(revoked.id)
     keys.append(revoked)
-    middleware = ApiKeyMiddleware(
-        app,
-        store,
-        rules=[
-            ("POST", "/v1/clients", "clients:write"),
-            ("GET", "/v1/<path:rest>", "clients:read"),
-        ],
-        public=["/health"],
-        log_usage=False,
-        # Short windows, few addresses: the fuzzer meets 429s as well.
-        throttle=FailureThrottle(limit=5, window=0.05),
-    )
-    yield Setup(middleware, keys)
+    broken = folder / "broken.db"
+    broken.write_bytes(b"this is not a database" * 500)
+    down = SQLAlchemyKeyStore(f"sqlite:///{broken}", bcrypt_rounds=TEST_ROUNDS)
+    rules = [("POST", "/v1/clients", "clients:write"), ("GET", "/v1/<path:rest>", "clients:read")]
+    middlewares = {
+        (preflight, is_down, throttled): ApiKeyMiddleware(
+            app,
+            down if is_down else store,
+            rules=rules,
+            public=["/health"],
+            log_usage=False,
+            preflight=preflight,
+            # Short windows: the fuzzer meets 429s as well.
+            throttle=FailureThrottle(limit=5, window=0.05) if throttled else None,
+        )
+        for preflight in (False, True)
+        for is_down in (False, True)
+        for throttled in (False, True)
+    }
+    yield Setup(keys, revoked.key, middlewares)
     store.close()
+    down.close()
 
 
 def mutate(key: str, data: st.DataObject) -> str:
@@ -116,25 +141,107 @@ def mutate(key: str, data: st.DataObject) -> str:
     return key
 
 
-@FUZZ
-@given(data=st.data())
-def test_middleware_only_gives_spec_answers(setup: Setup, data: st.DataObject) -> None:
-    counter["middleware"] += 1
+# -- the oracle: the answer the SPEC gives each request, written apart from
+# the code under test ----------------------------------------------------
+
+_TOKEN_CHARS = set("!#$%&'*+.^_`|~-" + string.ascii_letters + string.digits)
+
+
+def _method_ok(method: str) -> bool:
+    return 1 <= len(method) <= 32 and set(method) <= _TOKEN_CHARS
+
+
+def _path_ok(raw: str) -> bool:
+    path = raw.encode("latin-1").decode("utf-8", "replace")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in path):
+        return False
+    lowered = path.lower()
+    if any(code in lowered for code in ("%2e", "%2f", "%5c", "%25")):
+        return False
+    segments = path.replace("\\", "/").split("/")
+    return not any(segment.split(";")[0] in (".", "..") for segment in segments)
+
+
+def _normal(raw: str) -> str:
+    path = raw.encode("latin-1").decode("utf-8", "replace")
+    return "/" + path.lstrip("/")
+
+
+def _scopes(method: str, raw: str) -> set[str]:
+    path = re.sub("/+", "/", _normal(raw))
+    if method == "POST" and path in ("/v1/clients", "/v1/clients/"):
+        return {"clients:write"}
+    if method in ("GET", "HEAD") and path.startswith("/v1/") and len(path) > 4:
+        return {"clients:read"}
+    return set()
+
+
+def _token(header: str | None) -> str | None:
+    if header is None:
+        return None
+    match = re.fullmatch(r"[Bb][Ee][Aa][Rr][Ee][Rr] +(.+)", header.strip(" \t"), re.DOTALL)
+    return None if match is None else match.group(1)
+
+
+def expected(
+    setup: Setup,
+    environ: dict[str, t.Any],
+    preflight: bool,
+    down: bool,
+) -> tuple[int, str | None]:
+    """(status, error code or None for the app's 200)."""
+    raw_method = environ["REQUEST_METHOD"]
+    method = raw_method.upper()
+    raw_path = environ["PATH_INFO"]
+    if not _method_ok(method) or not _path_ok(raw_path):
+        return 400, "BAD_REQUEST"
+    decoded = raw_path.encode("latin-1").decode("utf-8", "replace")
+    if "//" not in decoded and _normal(raw_path) == "/health":
+        return 200, None
+    needed = _scopes(method, raw_path)
+    override = environ.get("HTTP_X_HTTP_METHOD_OVERRIDE")
+    if override is not None:
+        other = override.strip().upper()
+        if not _method_ok(other):
+            return 400, "BAD_REQUEST"
+        needed |= _scopes(other, raw_path)
+    if (
+        preflight
+        and raw_method == "OPTIONS"
+        and "HTTP_ORIGIN" in environ
+        and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
+    ):
+        return 200, None
+    token = _token(environ.get("HTTP_AUTHORIZATION"))
+    if token is None:
+        return 401, "UNAUTHORIZED"
+    issued = next((key for key in setup.keys if key.key == token), None)
+    if issued is None:
+        return 401, "INVALID_API_KEY"
+    if down:
+        return 503, "SERVICE_UNAVAILABLE"
+    if token == setup.revoked:
+        return 401, "INVALID_API_KEY"
+    if not all(scope_granted(frozenset(issued.record.scopes), scope) for scope in needed):
+        return 403, "FORBIDDEN"
+    return 200, None
+
+
+def draw_environ(setup: Setup, data: st.DataObject) -> dict[str, t.Any]:
     key = setup.keys[data.draw(st.integers(0, len(setup.keys) - 1))].key
     authorization = data.draw(
         st.one_of(
             st.none(),
             LATIN1,
             st.builds(lambda scheme, token: f"{scheme}{token}", st.sampled_from(
-                ["Bearer ", "bearer  ", "BEARER\t", "Basic ", "Bearer", ""]), LATIN1),
+                ["Bearer ", "bearer  ", "BEARER\t", "Basic ", "Bearer", "", " Bearer "]), LATIN1),
             st.just(mutate(key, data)).map(lambda token: f"Bearer {token}"),
+            st.just(key).map(lambda token: f"Bearer {token}"),
         )
     )  # fmt: skip
     environ: dict[str, t.Any] = {
-        "REQUEST_METHOD": data.draw(
-            st.one_of(st.sampled_from(["GET", "POST", "OPTIONS", "DELETE", "HEAD"]), LATIN1)
-        ),
-        "PATH_INFO": data.draw(st.one_of(st.sampled_from(["/v1/clients", "/health"]), LATIN1)),
+        "REQUEST_METHOD": data.draw(st.one_of(st.sampled_from(METHODS), LATIN1)),
+        "PATH_INFO": data.draw(st.one_of(st.sampled_from(PATHS), LATIN1)),
         "QUERY_STRING": data.draw(LATIN1),
         "SERVER_NAME": "localhost",
         "SERVER_PORT": "80",
@@ -150,23 +257,71 @@ def test_middleware_only_gives_spec_answers(setup: Setup, data: st.DataObject) -
         st.sets(st.sampled_from(["HTTP_ORIGIN", "HTTP_ACCESS_CONTROL_REQUEST_METHOD"]))
     ):
         environ[header] = data.draw(LATIN1)
-    body_iter, status, headers = run_wsgi_app(setup.middleware, environ, buffered=True)
-    body = b"".join(body_iter)
-    code = int(status.split()[0])
-    event(f"status {code}")  # --hypothesis-show-statistics: which answers were met
-    if code == 200:
-        assert body == b"app"
+    override = data.draw(st.one_of(st.none(), st.sampled_from(OVERRIDES), LATIN1))
+    if override is not None:
+        environ["HTTP_X_HTTP_METHOD_OVERRIDE"] = override
+    return environ
+
+
+def answer(
+    middleware: ApiKeyMiddleware, environ: dict[str, t.Any]
+) -> tuple[int, bytes, dict[str, str]]:
+    body_iter, status, headers = run_wsgi_app(middleware, dict(environ), buffered=True)
+    return int(status.split()[0]), b"".join(body_iter), dict(headers)
+
+
+def check_answer(
+    setup: Setup,
+    environ: dict[str, t.Any],
+    got: tuple[int, bytes, dict[str, str]],
+    want: tuple[int, str | None],
+) -> None:
+    status, body, headers = got
+    assert status == want[0], (environ, body)
+    if want[1] is None:
+        assert body == b"app"  # the app's own answer, whatever the method
         return
-    assert code in ERROR_BODIES, status
+    assert headers["Cache-Control"] == "no-store"
     if environ["REQUEST_METHOD"] == "HEAD":  # the same answer, without its body
         assert body == b""
         return
     document = json.loads(body)
     assert document["success"] is False
-    assert document["error"] in ERROR_BODIES[code]
-    assert headers["Cache-Control"] == "no-store"
+    assert document["error"]["code"] == want[1]
+    assert document["error"] in ERROR_BODIES[status]
     for issued in setup.keys:
         assert issued.key not in body.decode()
+
+
+@FUZZ
+@given(data=st.data())
+def test_middleware_gives_each_request_the_spec_answer(setup: Setup, data: st.DataObject) -> None:
+    counter["middleware"] += 1
+    environ = draw_environ(setup, data)
+    preflight = data.draw(st.booleans())
+    down = data.draw(st.booleans())
+    want = expected(setup, environ, preflight, down)
+    event(f"expected {want[0]}")  # --hypothesis-show-statistics: which answers were met
+    seen_statuses.add(want[0])
+    got = answer(setup.middlewares[preflight, down, False], environ)
+    check_answer(setup, environ, got, want)
+
+
+@FUZZ
+@given(data=st.data())
+def test_throttling_only_turns_invalid_keys_into_429(setup: Setup, data: st.DataObject) -> None:
+    counter["throttled"] += 1
+    environ = draw_environ(setup, data)
+    want = expected(setup, environ, False, False)
+    got = answer(setup.middlewares[False, False, True], environ)
+    if got[0] == 429:
+        # A valid key is never shut out by other requests' failures.
+        assert want == (401, "INVALID_API_KEY"), environ
+        assert got[2]["Retry-After"].isdigit()
+        if environ["REQUEST_METHOD"] != "HEAD":
+            assert json.loads(got[1])["error"] == ERROR_BODIES[429][0]
+        return
+    check_answer(setup, environ, got, want)
 
 
 @FUZZ
@@ -192,10 +347,14 @@ def test_duration_parser_raises_only_value_error(text: str) -> None:
     assert value.total_seconds() >= 0
 
 
-counter: dict[str, int] = {"middleware": 0, "parser": 0, "duration": 0}
+counter: dict[str, int] = {"middleware": 0, "throttled": 0, "parser": 0, "duration": 0}
+seen_statuses: set[int] = set()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def report_counts() -> Iterator[None]:
     yield
-    print(f"\nfuzz examples run: {counter}")
+    print(f"\nfuzz examples run: {counter}; answers expected: {sorted(seen_statuses)}")
+    if counter["middleware"] >= EXAMPLES:
+        # A fuzzer that never meets an answer cannot check it.
+        assert seen_statuses >= {200, 400, 401, 403, 503}, seen_statuses

@@ -56,9 +56,12 @@ def _swap_type(key: str) -> str:
 
 def _change_char(index: int) -> Callable[[str], str]:
     def mutate(key: str) -> str:
-        char = key[index]
+        index_ = index % len(key)
+        char = key[index_]
         other = "b" if char != "b" else "c"
-        return key[:index] + other + key[index + 1 :]
+        changed = key[:index_] + other + key[index_ + 1 :]
+        assert len(changed) == len(key)
+        return changed
 
     return mutate
 

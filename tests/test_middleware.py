@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 import typing as t
 from collections.abc import Iterable, Iterator
 
 import pytest
-from werkzeug.test import Client, TestResponse
+from werkzeug.test import Client, EnvironBuilder, TestResponse, run_wsgi_app
 
 from apikey_middleware import (
     ApiKeyError,
@@ -17,6 +18,8 @@ from apikey_middleware import (
     SQLAlchemyKeyStore,
 )
 from apikey_middleware.keys import generate_key
+
+from .conftest import Statements
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -177,7 +180,6 @@ INVALID_HEADERS = [
     pytest.param(lambda k: "Bearer " + k * 2000, id="absurdly-long"),
     pytest.param(lambda k: "Bearer " + "A" * 57, id="right-length-garbage"),
     pytest.param(lambda k: "Bearer a=b, c=d", id="auth-params"),
-    pytest.param(lambda k: "Bearer " + generate_key("live").key, id="unknown-id"),
 ]
 
 
@@ -186,13 +188,25 @@ def test_bad_key_is_invalid_before_any_database_work(
     client: Client,
     app: RecordingApp,
     reader: IssuedKey,
+    sqlite_store: SQLAlchemyKeyStore,
     header: t.Callable[[str], str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    statements = Statements(sqlite_store)
     response = client.get("/v1/clients", headers={"Authorization": header(reader.key)})
     assert_refused(response, 401, INVALID, 'Bearer realm="api", error="invalid_token"')
+    assert statements.seen == []
     assert app.environs == []
     assert reader.key not in response.get_data(as_text=True)
+
+
+def test_unknown_id_is_invalid_after_one_read(
+    client: Client, app: RecordingApp, sqlite_store: SQLAlchemyKeyStore
+) -> None:
+    statements = Statements(sqlite_store)
+    response = client.get("/v1/clients", headers=bearer(generate_key("live").key))
+    assert_refused(response, 401, INVALID, 'Bearer realm="api", error="invalid_token"')
+    assert statements.key_reads == 1
+    assert app.environs == []
 
 
 def test_scheme_is_case_insensitive_and_spaces_may_repeat(
@@ -263,24 +277,35 @@ def test_star_scope_covers_everything(client: Client, sqlite_store: SQLAlchemyKe
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "status"),
+    ("method", "path", "status", "unscoped_status"),
     [
-        pytest.param("GET", "/v1/clients", 200, id="get-read"),
-        pytest.param("HEAD", "/v1/clients", 200, id="head-follows-get"),
-        pytest.param("GET", "/v1/clients/", 200, id="trailing-slash-same-rule"),
-        pytest.param("POST", "/v1/clients/", 403, id="trailing-slash-still-guarded"),
-        pytest.param("POST", "/v1//clients", 403, id="doubled-slashes-still-guarded"),
-        pytest.param("DELETE", "/v1/clients/3", 403, id="delete-needs-delete"),
-        pytest.param("DELETE", "/v1/clients/abc", 200, id="converter-mismatch-falls-through"),
-        pytest.param("GET", "/elsewhere", 200, id="no-rule-needs-only-a-valid-key"),
-        pytest.param("PATCH", "/admin/x", 403, id="star-methods"),
+        pytest.param("GET", "/v1/clients", 200, 403, id="get-read"),
+        pytest.param("HEAD", "/v1/clients", 200, 403, id="head-follows-get"),
+        pytest.param("GET", "/v1/clients/", 200, 403, id="trailing-slash-same-rule"),
+        pytest.param("GET", "/v1//clients", 200, 403, id="doubled-slashes-same-rule"),
+        pytest.param("POST", "/v1/clients/", 403, 403, id="trailing-slash-still-guarded"),
+        pytest.param("POST", "/v1//clients", 403, 403, id="doubled-slashes-still-guarded"),
+        pytest.param("DELETE", "/v1/clients/3", 403, 403, id="delete-needs-delete"),
+        pytest.param("DELETE", "/v1/clients/abc", 200, 200, id="converter-mismatch-falls-through"),
+        pytest.param("GET", "/elsewhere", 200, 200, id="no-rule-needs-only-a-valid-key"),
+        pytest.param("PATCH", "/admin/x", 403, 403, id="star-methods"),
     ],
 )
 def test_first_matching_rule_decides(
-    client: Client, reader: IssuedKey, method: str, path: str, status: int
+    client: Client,
+    reader: IssuedKey,
+    sqlite_store: SQLAlchemyKeyStore,
+    method: str,
+    path: str,
+    status: int,
+    unscoped_status: int,
 ) -> None:
     response = client.open(path, method=method, headers=bearer(reader.key))
     assert response.status_code == status
+    # A key with no scope at all tells a matched rule from none.
+    unscoped = sqlite_store.create_key("unscoped")
+    response = client.open(path, method=method, headers=bearer(unscoped.key))
+    assert response.status_code == unscoped_status
 
 
 def test_rules_are_tried_in_order() -> None:
@@ -290,7 +315,7 @@ def test_rules_are_tried_in_order() -> None:
         store,
         rules=[("GET", "/a/<x>", "first"), ("GET", "/a/b", "second")],
     )
-    assert middleware.scopes_for("GET", "/a/b") == ("first",)
+    assert middleware.rules.scopes_for("GET", "/a/b") == ("first",)
 
 
 @pytest.mark.parametrize(
@@ -306,22 +331,154 @@ def test_public_paths_pass_untouched_without_principal(
     assert "apikey.error" not in app.last
 
 
-@pytest.mark.parametrize("path", ["/health/", "//health", "/healthz", "/static"])
-def test_public_paths_match_strictly(client: Client, path: str) -> None:
-    assert client.get(path).status_code == 401
+def raw_get(
+    application: t.Any, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, bytes]:
+    """A request whose ``PATH_INFO`` is exactly ``path``, as a server may pass it."""
+    environ = EnvironBuilder(method="GET", headers=list((headers or {}).items())).get_environ()
+    environ["PATH_INFO"] = path
+    environ["REQUEST_METHOD"] = method
+    body, status, _ = run_wsgi_app(application, environ, buffered=True)
+    return int(status.split()[0]), b"".join(body)
 
 
-def test_cors_preflight_passes_without_a_key(client: Client, app: RecordingApp) -> None:
-    headers = {"Origin": "https://example.com", "Access-Control-Request-Method": "POST"}
-    assert client.options("/v1/clients", headers=headers).status_code == 200
+@pytest.mark.parametrize("path", ["/health/", "//health", "/healthz", "/static", "/static//x"])
+def test_public_paths_match_strictly(
+    client: Client, app: RecordingApp, sqlite_store: SQLAlchemyKeyStore, path: str
+) -> None:
+    middleware = ApiKeyMiddleware(app, sqlite_store, public=["/health", "/static/<path:p>"])
+    assert raw_get(middleware, path) == (401, json.dumps(MISSING).encode())
+    assert app.environs == []
+
+
+BAD_REQUEST = {
+    "success": False,
+    "error": {"code": "BAD_REQUEST", "message": "The request path or method is not valid"},
+}
+
+UNJUDGEABLE_PATHS = [
+    pytest.param("/static/../v1/clients", id="dot-dot-under-public"),
+    pytest.param("/static/x/../../v1/clients", id="dot-dots-deeper"),
+    pytest.param("/health/..", id="dot-dot-after-public"),
+    pytest.param("/v1/x/../clients", id="dot-dot-into-rule"),
+    pytest.param("/v1/./clients", id="dot-into-rule"),
+    pytest.param("/./health", id="dot-before-public"),
+    pytest.param("/v1/clients/.", id="trailing-dot"),
+    pytest.param("/static/..;/v1/clients", id="dot-dot-with-parameter"),
+    pytest.param("/static/..\\v1\\clients", id="backslash-separators"),
+    pytest.param("/static/%2e%2e/v1/clients", id="double-encoded-dots"),
+    pytest.param("/static/%2E%2e/v1/clients", id="double-encoded-dots-upper"),
+    pytest.param("/v1%2fclients", id="double-encoded-slash"),
+    pytest.param("/static/%5c..%5cv1", id="double-encoded-backslash"),
+    pytest.param("/static/%252e%252e/v1", id="triple-encoded"),
+    pytest.param("/health\x00", id="nul"),
+    pytest.param("/v1/clients\n", id="newline"),
+    pytest.param("/\u0100", id="not-a-wsgi-string"),
+    pytest.param("/static/\U0001f600", id="astral-not-a-wsgi-string"),
+]
+
+
+@pytest.mark.parametrize("path", UNJUDGEABLE_PATHS)
+def test_paths_an_app_may_resolve_elsewhere_get_400(
+    app: RecordingApp, sqlite_store: SQLAlchemyKeyStore, admin: IssuedKey, path: str
+) -> None:
+    middleware = ApiKeyMiddleware(
+        app, sqlite_store, rules=RULES, public=["/health", "/static/<path:p>"]
+    )
+    for headers in (None, bearer(admin.key)):
+        assert raw_get(middleware, path, headers) == (400, json.dumps(BAD_REQUEST).encode())
+    assert app.environs == []
+
+
+def test_percent_encoded_dots_from_a_real_url_get_400(client: Client, app: RecordingApp) -> None:
+    for url in ("/static/%2e%2e/v1/clients", "/static/%2E./v1/clients", "/v1/%2e/clients"):
+        response = client.get(url)
+        assert response.status_code == 400
+        assert response.json == BAD_REQUEST
+    assert app.environs == []
+
+
+@pytest.mark.parametrize(
+    "path", ["/static/site.css", "/static/.well-known/x", "/static/a..b", "/static/...", "/health"]
+)
+def test_dots_inside_names_are_ordinary(client: Client, app: RecordingApp, path: str) -> None:
+    assert client.get(path).status_code == 200
+    assert app.last["PATH_INFO"] == path
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        pytest.param("G" * 60_000, id="huge"),
+        pytest.param("GET /v1 HTTP/1.1", id="spaces"),
+        pytest.param("G\u00e9T", id="latin1"),
+        pytest.param("", id="empty"),
+        pytest.param("A" * 33, id="one-too-long"),
+    ],
+)
+def test_a_method_that_is_not_a_short_token_gets_400(
+    app: RecordingApp, sqlite_store: SQLAlchemyKeyStore, reader: IssuedKey, method: str
+) -> None:
+    middleware = ApiKeyMiddleware(app, sqlite_store, rules=RULES)
+    assert raw_get(middleware, "/v1/clients", bearer(reader.key), method)[0] == 400
+    assert app.environs == []
+
+
+def test_hostile_methods_and_paths_are_not_remembered(
+    app: RecordingApp, sqlite_store: SQLAlchemyKeyStore
+) -> None:
+    middleware = ApiKeyMiddleware(app, sqlite_store, rules=RULES, public=["/health"])
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(300):
+            raw_get(middleware, "/health", method=f"{'G' * 60_000}{n}")
+            raw_get(middleware, f"/health/{n}{'x' * 5_000}")
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 2_000_000, grown
+
+
+@pytest.mark.parametrize("header", ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"])
+def test_a_method_override_needs_the_scopes_of_both_methods(
+    client: Client, app: RecordingApp, reader: IssuedKey, admin: IssuedKey, header: str
+) -> None:
+    assert client.get("/v1/clients/3", headers=bearer(reader.key)).status_code == 200
+    response = client.get("/v1/clients/3", headers={**bearer(reader.key), header: "delete"})
+    assert_refused(
+        response,
+        403,
+        FORBIDDEN,
+        'Bearer realm="api", error="insufficient_scope", scope="clients:delete"',
+    )
+    both = client.post("/v1/clients", headers={**bearer(admin.key), header: "DELETE"})
+    assert both.status_code == 200
+    odd = client.get("/v1/clients", headers={**bearer(admin.key), header: "DE LETE"})
+    assert odd.status_code == 400
+
+
+PREFLIGHT = {"Origin": "https://example.com", "Access-Control-Request-Method": "POST"}
+
+
+def test_cors_preflight_needs_a_key_by_default(client: Client, app: RecordingApp) -> None:
+    response = client.options("/v1/clients", headers=PREFLIGHT)
+    assert_refused(response, 401, MISSING, 'Bearer realm="api"')
+    overridden = {**PREFLIGHT, "X-HTTP-Method-Override": "DELETE"}
+    assert client.options("/v1/clients/1", headers=overridden).status_code == 401
+    assert app.environs == []
+
+
+def test_cors_preflight_passes_without_a_key_when_turned_on(
+    app: RecordingApp, sqlite_store: SQLAlchemyKeyStore
+) -> None:
+    client = Client(ApiKeyMiddleware(app, sqlite_store, rules=RULES, preflight=True))
+    assert client.options("/v1/clients", headers=PREFLIGHT).status_code == 200
+    assert "apikey.principal" not in app.last
     assert client.options("/v1/clients", headers={"Origin": "x"}).status_code == 401
     assert client.options("/v1/clients").status_code == 401
-
-
-def test_preflight_can_be_turned_off(app: RecordingApp, sqlite_store: SQLAlchemyKeyStore) -> None:
-    client = Client(ApiKeyMiddleware(app, sqlite_store, preflight=False))
-    headers = {"Origin": "https://example.com", "Access-Control-Request-Method": "POST"}
-    assert client.options("/v1/clients", headers=headers).status_code == 401
+    # Nor does it open paths that cannot be judged.
+    assert client.options("/v1/./clients", headers=PREFLIGHT).status_code == 400
 
 
 def test_refused_key_type_is_forbidden(
@@ -417,13 +574,25 @@ def test_misconfiguration_fails_at_construction(
 
 
 def test_flush_and_close_are_safe_to_call_twice(
-    app: RecordingApp, sqlite_store: SQLAlchemyKeyStore
+    app: RecordingApp, sqlite_store: SQLAlchemyKeyStore, reader: IssuedKey
 ) -> None:
     middleware = ApiKeyMiddleware(app, sqlite_store)
+    client = Client(middleware)
+    for _ in range(3):
+        client.get("/", headers=bearer(reader.key))
     middleware.flush()
     middleware.flush()
+    assert len(sqlite_store.usage(reader.id)) == 3  # written once, not twice
     middleware.close()
     middleware.close()
+    writer = middleware.usage
+    assert writer is not None
+    assert writer.pending == 0
+    assert writer._thread is None or not writer._thread.is_alive()
+    assert client.get("/", headers=bearer(reader.key)).status_code == 200
+    middleware.flush()
+    assert writer.dropped == 1  # a closed writer only counts what it can no longer log
+    assert len(sqlite_store.usage(reader.id)) == 3
 
 
 def test_response_iterable_of_the_app_is_passed_through(

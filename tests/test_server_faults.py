@@ -15,6 +15,7 @@ import threading
 import time
 import typing as t
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,82 @@ def test_postgres_outages_fail_closed_and_recover_without_restart(
 
         proxy.hang()  # accepts, never answers
         assert_fails_closed(server, key)
+        proxy.forward()
+        assert_serves(server, key)
+
+
+TIMEOUT = 2.0
+# The store's timeout, the watchdog's margin and a tick, and room for a
+# loaded machine: what "within the timeout plus a little" means here.
+WITHIN = TIMEOUT + 2.0
+TIMEOUT_APP = "tests.timeout_app:create_app()"
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+def proxied_server(request: pytest.FixtureRequest) -> Iterator[tuple[TcpProxy, str, str]]:
+    """A database server reached through a fault proxy: proxy, proxied URL, direct URL."""
+    direct = server_url(request.param)
+    url = sa.make_url(direct)
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    metadata.drop_all(engine)
+    proxy = TcpProxy(url.port or (5432 if request.param == "postgresql" else 3306))
+    yield proxy, url.set(port=proxy.port).render_as_string(hide_password=False), direct
+    proxy.close()
+    metadata.drop_all(engine)
+    engine.dispose()
+
+
+@contextmanager
+def table_locked(direct: str) -> Iterator[None]:
+    """Another session holds the keys table locked against every reader."""
+    engine = sa.create_engine(direct, poolclass=sa.NullPool)
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(sa.text("LOCK TABLE apikey_keys IN ACCESS EXCLUSIVE MODE"))
+        else:
+            connection.execute(sa.text("LOCK TABLES apikey_keys WRITE"))
+        try:
+            yield
+        finally:
+            if engine.dialect.name == "postgresql":
+                connection.rollback()
+            else:
+                connection.execute(sa.text("UNLOCK TABLES"))
+    engine.dispose()
+
+
+def test_a_locked_keys_table_gets_503_within_the_timeout(
+    proxied_server: tuple[TcpProxy, str, str],
+) -> None:
+    _, _, direct = proxied_server
+    key = seed_key(direct)
+    env = {"APIKEY_DATABASE_URL": direct, "APIKEY_TEST_TIMEOUT": str(TIMEOUT)}
+    with gunicorn(TIMEOUT_APP, env, workers=1) as server:
+        assert_serves(server, key)
+        with table_locked(direct):
+            assert_fails_closed(server, key, bound=WITHIN)
+            assert_fails_closed(server, key, bound=WITHIN)
+            assert request(f"{server.base}/health")[0] == 200
+        assert_serves(server, key)
+    assert [status for _, status, path in server.log if path == "/v1/clients"] == [
+        200,
+        503,
+        503,
+        200,
+    ]
+
+
+def test_a_connection_that_stops_answering_gets_503_within_the_timeout(
+    proxied_server: tuple[TcpProxy, str, str],
+) -> None:
+    proxy, url, _ = proxied_server
+    key = seed_key(url)
+    env = {"APIKEY_DATABASE_URL": url, "APIKEY_TEST_TIMEOUT": str(TIMEOUT)}
+    with gunicorn(TIMEOUT_APP, env, workers=1) as server:
+        assert_serves(server, key)
+        proxy.freeze()  # the pooled connection stays open; nothing answers on it
+        assert_fails_closed(server, key, bound=WITHIN)
+        assert_fails_closed(server, key, bound=WITHIN)  # a new connection hangs too
         proxy.forward()
         assert_serves(server, key)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import typing as t
 
+import bcrypt
 import pytest
 from werkzeug.test import Client
 
@@ -64,22 +66,84 @@ def guess(client: Client, key: IssuedKey, environ: dict[str, str]) -> t.Any:
     return client.get("/", headers=bearer(generate_key("test", key.id).key), environ_base=environ)
 
 
-def test_the_limit_then_429_without_database_or_bcrypt_work(
-    client: Client, key: IssuedKey, sqlite_store: SQLAlchemyKeyStore, app: RecordingApp
+def test_past_the_limit_invalid_keys_get_429_and_valid_ones_pass(
+    client: Client,
+    key: IssuedKey,
+    sqlite_store: SQLAlchemyKeyStore,
+    app: RecordingApp,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for _ in range(3):
         assert guess(client, key, ATTACKER).json == INVALID
+    checks: list[bytes] = []
+    monkeypatch.setattr(bcrypt, "checkpw", lambda password, hashed: checks.append(password))
     queries = Statements(sqlite_store)
-    for token in (generate_key("test", key.id).key, "garbage", key.key):
+    for token in ("garbage", key.key[:-1] + "?", key.key.upper()):
         response = client.get("/", headers=bearer(token), environ_base=ATTACKER)
-        assert response.status_code == 429
-        assert response.json == TOO_MANY
-        assert response.headers["Retry-After"] == "60"
-        assert response.headers["Content-Type"] == "application/json"
-        assert response.headers["Cache-Control"] == "no-store"
-        assert token not in response.get_data(as_text=True)
-    assert queries.seen == []
+        assert_too_many(response, token, "60")
+    assert queries.seen == []  # what cannot be a key costs no database work
+    wrong = generate_key("test", key.id).key
+    assert_too_many(client.get("/", headers=bearer(wrong), environ_base=ATTACKER), wrong, "60")
+    assert queries.key_reads == 1
+    assert checks == []  # and a wrong secret no bcrypt
     assert app.environs == []
+    monkeypatch.undo()
+    response = client.get("/", headers=bearer(key.key), environ_base=ATTACKER)
+    assert response.status_code == 200
+    assert len(app.environs) == 1
+
+
+def assert_too_many(response: t.Any, token: str, retry_after: str) -> None:
+    assert response.status_code == 429
+    assert response.json == TOO_MANY
+    assert response.headers["Retry-After"] == retry_after
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert token not in response.get_data(as_text=True)
+
+
+def test_a_valid_key_new_to_the_process_is_not_shut_out_behind_a_busy_address(
+    sqlite_url: str, key: IssuedKey, clock: Clock
+) -> None:
+    throttle = FailureThrottle(3, 60, clock=clock)
+    shared = {"REMOTE_ADDR": "192.0.2.50"}  # one NAT: an attacker and a customer
+    first = Client(
+        ApiKeyMiddleware(RecordingApp(), SQLAlchemyKeyStore(sqlite_url), throttle=throttle)
+    )
+    for _ in range(10):
+        guess(first, key, shared)
+    # A process that has never verified the key, sharing the same count.
+    fresh = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=4)
+    other = Client(ApiKeyMiddleware(RecordingApp(), fresh, throttle=throttle, log_usage=False))
+    assert other.get("/", headers=bearer(key.key), environ_base=shared).status_code == 200
+    assert guess(other, key, shared).status_code == 429
+    fresh.close()
+
+
+def test_concurrent_guesses_count_as_they_arrive(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey, clock: Clock
+) -> None:
+    arrived = threading.Barrier(20, timeout=10)
+
+    class AllAtOnce(ApiKeyMiddleware):
+        def authenticate(self, environ: t.Any) -> t.Any:
+            arrived.wait()  # every guess is in flight before any is judged
+            return super().authenticate(environ)
+
+    guarded = AllAtOnce(
+        RecordingApp(), sqlite_store, throttle=FailureThrottle(5, 60, clock=clock), log_usage=False
+    )
+    statuses: list[int] = []
+
+    def one_guess() -> None:
+        statuses.append(guess(Client(guarded), key, ATTACKER).status_code)
+
+    threads = [threading.Thread(target=one_guess) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [401] * 5 + [429] * 15
 
 
 def test_a_valid_key_from_another_address_is_never_throttled(
@@ -98,9 +162,10 @@ def test_the_window_ends_and_the_count_starts_again(
     for _ in range(3):
         guess(client, key, ATTACKER)
     clock.now += 59.5
-    response = client.get("/", headers=bearer(key.key), environ_base=ATTACKER)
+    response = guess(client, key, ATTACKER)
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "1"
+    assert client.get("/", headers=bearer(key.key), environ_base=ATTACKER).status_code == 200
     clock.now += 0.5
     assert client.get("/", headers=bearer(key.key), environ_base=ATTACKER).status_code == 200
     # A fresh window: three more failures are allowed, the fourth attempt is not.
@@ -136,7 +201,8 @@ def test_missing_keys_and_missing_scopes_do_not_count(
         )
     assert client.get("/", headers=bearer(key.key), environ_base=ATTACKER).status_code == 200
     assert client.get("/", headers=bearer("nonsense"), environ_base=ATTACKER).status_code == 401
-    assert client.get("/", headers=bearer(key.key), environ_base=ATTACKER).status_code == 429
+    assert client.get("/", headers=bearer("nonsense"), environ_base=ATTACKER).status_code == 429
+    assert client.get("/", headers=bearer(key.key), environ_base=ATTACKER).status_code == 200
 
 
 def test_public_paths_stay_open_to_a_throttled_address(
@@ -159,11 +225,13 @@ def test_optional_mode_hands_the_429_to_the_app(
     )
     client = Client(guarded)
     guess(client, key, ATTACKER)
-    assert client.get("/", headers=bearer(key.key), environ_base=ATTACKER).status_code == 200
+    assert guess(client, key, ATTACKER).status_code == 200
     error = app.last["apikey.error"]
     assert isinstance(error, TooManyRequestsError)
     assert error.status == 429
     assert "apikey.principal" not in app.last
+    client.get("/", headers=bearer(key.key), environ_base=ATTACKER)
+    assert app.last["apikey.principal"].key_id == key.id
 
 
 def test_flask_settings_turn_it_on_for_decorated_views(sqlite_store: SQLAlchemyKeyStore) -> None:
@@ -173,10 +241,11 @@ def test_flask_settings_turn_it_on_for_decorated_views(sqlite_store: SQLAlchemyK
     wrong = bearer(generate_key("test", key.id).key)
     for _ in range(2):
         assert client.get("/read", headers=wrong, environ_base=ATTACKER).status_code == 401
-    response = client.get("/read", headers=bearer(key.key), environ_base=ATTACKER)
+    response = client.get("/read", headers=wrong, environ_base=ATTACKER)
     assert response.status_code == 429
     assert response.json == TOO_MANY
     assert response.headers["Retry-After"] == "30"
+    assert client.get("/read", headers=bearer(key.key), environ_base=ATTACKER).status_code == 200
     assert client.get("/read", headers=bearer(key.key), environ_base=CLIENT).status_code == 200
     assert client.get("/open", headers=bearer(key.key), environ_base=ATTACKER).status_code == 200
 
@@ -193,11 +262,12 @@ def test_throttling_is_off_unless_asked_for(
 def test_tracked_addresses_are_bounded(clock: Clock) -> None:
     throttle = FailureThrottle(2, 60, max_addresses=100, clock=clock)
     for number in range(100_000):
-        throttle.failed(f"10.{number >> 16}.{(number >> 8) & 255}.{number & 255}")
+        throttle.attempt(f"10.{number >> 16}.{(number >> 8) & 255}.{number & 255}")
     assert len(throttle) == 100
-    throttle.failed("192.0.2.1")
-    throttle.failed("192.0.2.1")
+    assert throttle.attempt("192.0.2.1") is None
+    assert throttle.attempt("192.0.2.1") is None
     assert throttle.retry_after("192.0.2.1") == 60
+    assert throttle.attempt("192.0.2.1") == 60
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import tracemalloc
 import typing as t
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -188,10 +189,10 @@ class FlakyStore(SQLAlchemyKeyStore):
 
     down = True
 
-    def record_usage(self, records: Sequence[UsageRecord]) -> None:
+    def record_usage(self, records: Sequence[UsageRecord], **options: t.Any) -> None:
         if self.down:
             raise sa.exc.OperationalError("INSERT", {}, Exception("database is down"))
-        super().record_usage(records)
+        super().record_usage(records, **options)
 
 
 def test_failed_writes_are_retried_and_never_raise(
@@ -206,7 +207,9 @@ def test_failed_writes_are_retried_and_never_raise(
         for _ in range(3):
             assert client.get("/", headers=bearer(issued.key)).status_code == 200
         guarded.flush()
-    assert "could not write 3 usage rows" in caplog.text
+    assert "could not write 3 usage rows, will retry: OperationalError: database is down" in (
+        caplog.text
+    )
     assert issued.key not in caplog.text
     store.down = False
     guarded.close()
@@ -247,3 +250,48 @@ for _ in range(3):
     subprocess.run([sys.executable, "-c", program], check=True, timeout=60)  # noqa: S603
     assert [row.path for row in store.usage(issued.id)] == ["/exit"] * 3
     store.close()
+
+
+def test_rows_are_cut_when_recorded_and_the_buffer_is_bounded_in_bytes(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    writer = UsageWriter(sqlite_store, max_pending_bytes=1_000_000, interval=60)
+    writer._start = lambda: None  # type: ignore[method-assign]  # nothing is written meanwhile
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(5_000):
+            writer.record(key.id, "X" * 5_000, f"/{n}" + "p" * 20_000, 200, "a" * 5_000)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert writer.pending_bytes <= 1_000_000
+    assert writer.dropped == 5_000 - writer.pending
+    assert writer.pending > 500
+    assert grown < 3_000_000, grown
+    writer.flush()
+    row = sqlite_store.usage(key.id, limit=1)[0]
+    assert (len(row.method), len(row.path), len(row.remote_addr or "")) == (16, 1000, 64)
+
+
+def test_only_accepted_requests_move_last_used_at(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    guarded = ApiKeyMiddleware(RecordingApp(), sqlite_store, rules=[("GET", "/admin", "admin")])
+    client = Client(guarded)
+    revoked = sqlite_store.create_key("gone")
+    sqlite_store.revoke(revoked.id)
+    client.get("/", headers=bearer(generate_key("test", key.id).key))  # a forged secret: 401
+    client.get("/admin", headers=bearer(key.key))  # valid, lacks the scope: 403
+    client.get("/", headers=bearer(revoked.key))  # revoked: 401
+    guarded.flush()
+    assert sorted(row.status for row in sqlite_store.usage(key.id)) == [401, 403]
+    assert [row.status for row in sqlite_store.usage(revoked.id)] == [401]
+    assert sqlite_store.get_key(key.id).last_used_at is None  # type: ignore[union-attr]
+    assert sqlite_store.get_key(revoked.id).last_used_at is None  # type: ignore[union-attr]
+    client.get("/", headers=bearer(key.key))
+    guarded.close()
+    record = sqlite_store.get_key(key.id)
+    assert record is not None
+    assert record.last_used_at is not None
+    assert record.last_used_at == sqlite_store.usage(key.id, limit=1)[0].occurred_at

@@ -48,6 +48,12 @@ def set_hash(store: SQLAlchemyKeyStore, key_id: str, key_hash: str) -> None:
         connection.execute(sa.update(ApiKey).where(ApiKey.id == key_id).values(key_hash=key_hash))
 
 
+def clear_check(store: SQLAlchemyKeyStore, key_id: str) -> None:
+    """Make the row look like one from before check values existed."""
+    with store.engine.begin() as connection:
+        connection.execute(sa.update(ApiKey).where(ApiKey.id == key_id).values(key_check=None))
+
+
 def parsed(key: str) -> ParsedKey:
     result = parse_key(key)
     assert result is not None
@@ -67,6 +73,7 @@ def test_a_repeated_wrong_key_costs_one_bcrypt_and_is_never_remembered_as_right(
     sqlite_store: SQLAlchemyKeyStore, checkpw: CountingCheckpw
 ) -> None:
     issued = sqlite_store.create_key("n")
+    clear_check(sqlite_store, issued.id)  # only such rows ever run bcrypt for a wrong key
     wrong = generate_key("test", issued.id)
     for _ in range(3):
         with pytest.raises(InvalidKeyError):
@@ -99,6 +106,7 @@ def test_failure_memory_is_bounded(sqlite_url: str, checkpw: CountingCheckpw) ->
     store = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS, cache_size=3)
     store.create_schema()
     issued = store.create_key("n")
+    clear_check(store, issued.id)
     for _ in range(10):
         with pytest.raises(InvalidKeyError):
             store.authenticate(generate_key("test", issued.id))
@@ -113,6 +121,7 @@ def test_bcrypt_checks_at_once_are_bounded(
     store = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS, bcrypt_concurrency=2)
     store.create_schema()
     issued = store.create_key("n")
+    clear_check(store, issued.id)
     running = 0
     most = 0
     lock = threading.Lock()
@@ -257,3 +266,35 @@ def test_a_remembered_key_is_refused_once_it_expires(
     with pytest.raises(InvalidKeyError):
         sqlite_store.authenticate(issued.key)
     assert checkpw.calls == 1
+
+
+def test_new_wrong_secrets_for_a_real_id_run_no_bcrypt_from_the_first_request(
+    store: SQLAlchemyKeyStore, checkpw: CountingCheckpw
+) -> None:
+    issued = store.create_key("n", key_type="live")
+    # A process that has never seen the key: nothing remembered.
+    fresh = SQLAlchemyKeyStore(store.engine, bcrypt_rounds=TEST_ROUNDS)
+    for _ in range(200):
+        with pytest.raises(InvalidKeyError):
+            fresh.authenticate(generate_key("live", issued.id).key)
+    assert checkpw.calls == 0
+    assert fresh.authenticate(issued.key).key_id == issued.id
+    assert checkpw.calls == 1
+
+
+def test_check_value_is_short_keyed_by_the_pepper_and_not_the_key(sqlite_url: str) -> None:
+    peppered = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS, pepper=b"one")
+    peppered.create_schema()
+    issued = peppered.create_key("n")
+    with peppered.engine.connect() as connection:
+        stored = connection.execute(sa.select(ApiKey.key_check)).scalar_one()
+    assert stored == peppered.hasher.check_value(issued.key)
+    assert len(stored) == 12
+    assert int(stored, 16) >= 0
+    assert stored not in issued.key
+    other = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS, pepper=b"two")
+    assert other.hasher.check_value(issued.key) != stored
+    with pytest.raises(InvalidKeyError):
+        other.authenticate(issued.key)
+    other.close()
+    peppered.close()

@@ -1,0 +1,96 @@
+"""A database made by the first release keeps working after an upgrade."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import bcrypt
+import pytest
+import sqlalchemy as sa
+
+from apikey_middleware import InvalidKeyError, SQLAlchemyKeyStore
+from apikey_middleware.hashing import KeyHasher
+from apikey_middleware.keys import generate_key
+from apikey_middleware.store import ApiKey, utcnow
+
+from .conftest import TEST_ROUNDS
+from .legacy_schema import fill_0_1, legacy_metadata
+
+PEPPER = b"upgrade pepper"
+
+
+@pytest.fixture
+def old_database(database_url: str) -> Iterator[tuple[str, str, str]]:
+    """A database as 0.1.0 left it: its URL, a live key in it and that key's id."""
+    issued = generate_key("live")
+    engine = sa.create_engine(database_url)
+    legacy_metadata.drop_all(engine)
+    fill_0_1(engine, issued.key, issued.key_id, KeyHasher(TEST_ROUNDS, PEPPER), utcnow())
+    engine.dispose()
+    yield database_url, issued.key, issued.key_id
+    engine = sa.create_engine(database_url)
+    legacy_metadata.drop_all(engine)
+    engine.dispose()
+
+
+def test_old_keys_and_usage_survive_the_upgrade(old_database: tuple[str, str, str]) -> None:
+    url, key, key_id = old_database
+    store = SQLAlchemyKeyStore(url, bcrypt_rounds=TEST_ROUNDS, pepper=PEPPER)
+    store.create_schema()
+    store.create_schema()  # a second run changes nothing
+    try:
+        record = store.get_key(key_id)
+        assert record is not None
+        assert (record.name, record.key_type, record.scopes, record.owner) == (
+            "from 0.1",
+            "live",
+            ("clients:read",),
+            "acme",
+        )
+        assert store.authenticate(key).key_id == key_id
+        assert sorted(row.status for row in store.usage(key_id)) == [200, 403]
+        assert store.create_key("new").record.id != key_id
+    finally:
+        store.close()
+
+
+def test_an_old_key_gets_its_check_value_on_first_use(
+    old_database: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, key, key_id = old_database
+    store = SQLAlchemyKeyStore(url, bcrypt_rounds=TEST_ROUNDS, pepper=PEPPER)
+    store.create_schema()
+    checks: list[bytes] = []
+    checkpw = bcrypt.checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        checks.append(password)
+        return bool(checkpw(password, hashed))
+
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
+    try:
+        with store.engine.connect() as connection:
+            stored = connection.execute(sa.select(ApiKey.key_check)).scalar_one()
+        assert stored is None
+        # Before its first use, a wrong secret still costs bcrypt...
+        with pytest.raises(InvalidKeyError):
+            store.authenticate(generate_key("live", key_id).key)
+        assert len(checks) == 1
+        assert store.authenticate(key).key_id == key_id
+        assert len(checks) == 2
+        with store.engine.connect() as connection:
+            stored = connection.execute(sa.select(ApiKey.key_check)).scalar_one()
+        assert stored == store.hasher.check_value(key)
+        # ...and after it, in any process, none.
+        other = SQLAlchemyKeyStore(url, bcrypt_rounds=TEST_ROUNDS, pepper=PEPPER)
+        try:
+            for _ in range(20):
+                with pytest.raises(InvalidKeyError):
+                    other.authenticate(generate_key("live", key_id).key)
+            assert len(checks) == 2
+            assert other.authenticate(key).key_id == key_id
+            assert len(checks) == 3
+        finally:
+            other.close()
+    finally:
+        store.close()
