@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import pkgutil
 import sys
 
 project = "apikey_middleware"
@@ -43,17 +44,23 @@ autodoc_typehints = "signature"
 autodoc_inherit_docstrings = False
 
 
-def _reexports(package: str) -> list[str]:
-    """Where each name of ``package.__all__`` is defined, relative to the
-    package (as autosummary wants it on the package's page)."""
-    module = importlib.import_module(package)
-    return [
-        f"{getattr(module, name).__module__.removeprefix(package + '.')}.{name}"
-        for name in module.__all__
-    ]
+def _reexports(package: str) -> dict[str, list[str]]:
+    """Per module of ``package``: the names of its ``__all__`` that another
+    module defines, written as autosummary wants them on its page."""
+    path = importlib.import_module(package).__path__
+    names = [package] + [info.name for info in pkgutil.walk_packages(path, package + ".")]
+    found: dict[str, list[str]] = {}
+    for name in names:
+        module = importlib.import_module(name)
+        found[name] = []
+        for member in getattr(module, "__all__", ()):
+            origin = getattr(getattr(module, member), "__module__", name)
+            if origin != name:
+                found[name].append(f"{origin.removeprefix(name + '.')}.{member}")
+    return found
 
 
-autosummary_context = {"reexports": {"apikey_middleware": _reexports("apikey_middleware")}}
+autosummary_context = {"reexports": _reexports("apikey_middleware")}
 
 # Headings get anchors, so a page can link to another's section.
 myst_heading_anchors = 3
