@@ -127,7 +127,7 @@ class InvalidKeyError(ApiKeyError):
 
 
 class RejectedKeyError(InvalidKeyError):
-    """An :class:`InvalidKeyError` for a key id the store knows.
+    """An invalid key whose id the store knows.
 
     The answer is the same as for any invalid key; the id is kept only so
     that the attempt can be written to that key's usage log.

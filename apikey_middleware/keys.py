@@ -26,6 +26,7 @@ import secrets
 import string
 import typing as t
 
+#: A key's type, the word in its prefix.
 KeyType = t.Literal["test", "live"]
 
 #: The key types, in the order the command line offers them.

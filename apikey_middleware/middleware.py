@@ -93,7 +93,8 @@ class ApiKeyMiddleware:
         too, with no principal and the reason at ``environ["apikey.error"]``
         (an :class:`~apikey_middleware.errors.ApiKeyError`).
     :param key_types: the key types accepted; another type is forbidden.
-    :param environ_key: where the :class:`Principal` goes in the environ.
+    :param environ_key: where the
+        :class:`~apikey_middleware.principal.Principal` goes in the environ.
     :param hide_credentials: remove ``Authorization`` before the app runs.
     :param preflight: let CORS preflight requests (``OPTIONS`` with
         ``Origin`` and ``Access-Control-Request-Method``) through without a
@@ -200,7 +201,7 @@ class ApiKeyMiddleware:
         """Return the principal of the request's key.
 
         :raises ApiKeyError: no key, or not a valid one, or the store could
-            not answer (:class:`ServiceUnavailableError`).
+            not answer (:class:`~apikey_middleware.errors.ServiceUnavailableError`).
         """
         token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
         if token is None:

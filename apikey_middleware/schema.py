@@ -1,4 +1,4 @@
-"""The store's tables: their types, their :data:`metadata`, and their upgrade.
+"""The store's tables: their types, their metadata, and their upgrade.
 
 Include :data:`metadata` in your own Alembic ``target_metadata``; migrations
 that autogenerate from it name :class:`UTCDateTime`, so add

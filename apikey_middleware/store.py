@@ -43,8 +43,9 @@ class SQLAlchemyKeyStore:
 
     :param url_or_engine: a database URL, or an :class:`~sqlalchemy.engine.Engine`
         to use as it is. From a URL the store makes its own engine, with
-        every wait bounded by ``timeout`` (see
-        :func:`~apikey_middleware._engine.create_store_engine`).
+        every wait bounded by ``timeout``: connecting, the pool, a locked
+        SQLite file, and on a database server each statement and lock wait
+        and a connection that stops answering.
     :param bcrypt_rounds: bcrypt's cost for new keys (4 to 31).
     :param pepper: a server-side secret mixed into every hash and never
         stored; defaults to ``APIKEY_PEPPER``. Keys hashed with one pepper
@@ -163,7 +164,8 @@ class SQLAlchemyKeyStore:
             yield session
 
     def authenticate(self, key: ParsedKey | str) -> Principal:
-        """Return the principal of ``key`` (see :meth:`Verifier.authenticate`).
+        """Return the principal of ``key`` (see
+        :meth:`~apikey_middleware.verifier.Verifier.authenticate`).
 
         :raises ~apikey_middleware.errors.InvalidKeyError: the key is not valid.
         :raises ~apikey_middleware.errors.StoreUnavailableError: the
@@ -180,7 +182,7 @@ class SQLAlchemyKeyStore:
         owner: str | None = None,
         expires_at: datetime | None = None,
     ) -> IssuedKey:
-        """Make and store a new key; the returned :class:`IssuedKey` is the
+        """Make and store a new key; the returned :class:`~apikey_middleware.records.IssuedKey` is the
         only place its secret will ever be.
 
         :raises ValueError: on a bad name, type, scope, owner or expiry.
@@ -263,7 +265,8 @@ class SQLAlchemyKeyStore:
     ) -> list[KeyRecord]:
         """Records oldest first; revoked ones only with ``include_revoked``.
 
-        Expired keys are listed: their :meth:`KeyRecord.state` says so.
+        Expired keys are listed: their :meth:`~apikey_middleware.records.KeyRecord.state`
+        says so.
         """
         query = sa.select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
         if not include_revoked:
@@ -351,7 +354,8 @@ class SQLAlchemyKeyStore:
         self, records: Sequence[UsageRecord], *, last_used: Mapping[str, datetime] | None = None
     ) -> None:
         """Write logged requests in one transaction and move each key's
-        ``last_used_at`` forward (see :meth:`UsageLog.record`)."""
+        ``last_used_at`` forward (see
+        :meth:`~apikey_middleware.usage_log.UsageLog.record`)."""
         self._usage.record(records, last_used=last_used)
 
     def usage(

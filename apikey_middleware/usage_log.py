@@ -1,7 +1,8 @@
 """The usage log in the database: writing batches of logged requests, reading them.
 
-The store's facade (:meth:`SQLAlchemyKeyStore.record_usage`,
-:meth:`SQLAlchemyKeyStore.usage`) and the
+The store's facade
+(:meth:`~apikey_middleware.store.SQLAlchemyKeyStore.record_usage`,
+:meth:`~apikey_middleware.store.SQLAlchemyKeyStore.usage`) and the
 :class:`~apikey_middleware.usage.UsageWriter` both come here.
 """
 

@@ -55,7 +55,7 @@ DEFAULT_CACHE_SIZE = 10_000
 
 
 class AuthRow(t.NamedTuple):
-    """What authentication reads of a key's row, in :data:`_AUTH_QUERY`'s order."""
+    """What authentication reads of a key's row, in ``_AUTH_QUERY``'s order."""
 
     key_type: str
     key_hash: str
@@ -94,6 +94,7 @@ _SET_CHECK_QUERY = (
 #: Wrong secrets a row without a check value may cost in bcrypt, per
 #: :data:`LEGACY_WINDOW` seconds, in each process.
 LEGACY_BUDGET = 3
+#: The window of :data:`LEGACY_BUDGET`, in seconds.
 LEGACY_WINDOW = 60.0
 
 #: Messages of a database that has no key table yet, by backend.

@@ -19,7 +19,7 @@ from .keys import create, init_db, list_keys, revoke, rotate, show
 from .scan import scan
 from .usage import usage
 
-__all__ = ["COMMANDS", "DEFAULT_DATABASE_URL", "flask_group", "main", "parse_duration"]
+__all__ = ["COMMANDS", "DEFAULT_DATABASE_URL", "flask_group", "main"]
 
 COMMANDS: tuple[click.Command, ...] = (
     init_db,
@@ -37,6 +37,7 @@ COMMANDS: tuple[click.Command, ...] = (
     cls=Redacting,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
+@click.version_option(package_name="apikey_middleware", prog_name="apikey")
 @click.option(
     "--database-url",
     envvar="APIKEY_DATABASE_URL",

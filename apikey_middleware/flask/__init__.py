@@ -1,6 +1,7 @@
 """Flask integration: the ``ApiKeys`` extension and the ``@require_scopes`` decorator.
 
-The extension wraps ``app.wsgi_app`` in :class:`ApiKeyMiddleware` with
+The extension wraps ``app.wsgi_app`` in
+:class:`~apikey_middleware.middleware.ApiKeyMiddleware` with
 ``required=False``: the middleware judges every key, exactly as it does for a
 plain WSGI app, and leaves either the principal or the reason for refusing it
 in the environ. ``@require_scopes`` turns that into the same JSON answer the
@@ -46,41 +47,13 @@ class ApiKeys:
     :param app: the app to set up now; or call :meth:`init_app` later, once
         per app (the app-factory pattern).
     :param store: the key store to use for every app this instance sets up.
-        Without it each app builds a :class:`SQLAlchemyKeyStore` from its
+        Without it each app builds a
+        :class:`~apikey_middleware.store.SQLAlchemyKeyStore` from its
         config.
 
-    Settings read by :meth:`init_app`, each with its default:
-
-    ``APIKEY_DATABASE_URL``
-        ``sqlite:///<instance folder>/apikeys.db``
-    ``APIKEY_BCRYPT_ROUNDS``
-        ``12``
-    ``APIKEY_PEPPER``
-        ``None`` (then the ``APIKEY_PEPPER`` environment variable); bytes or str
-    ``APIKEY_CACHE_SIZE``
-        ``10000``: verified keys remembered per process
-    ``APIKEY_TIMEOUT``
-        ``5.0``: seconds to wait for the database before answering 503
-    ``APIKEY_KEY_TYPES``
-        ``("test", "live")``: the key types accepted
-    ``APIKEY_HIDE_CREDENTIALS``
-        ``False``: remove the ``Authorization`` header of an authenticated
-        request before the view runs
-    ``APIKEY_PREFLIGHT``
-        ``False``: ``True`` lets CORS preflight requests through without a
-        key (see :class:`ApiKeyMiddleware`'s ``preflight`` for the risk)
-    ``APIKEY_LOG_USAGE``
-        ``True``: log every request that presents a known key id
-    ``APIKEY_REVOCATION``
-        ``"immediate"``: read the key's row on every request; ``"channel"``
-        keeps rows in memory and learns of changes (see the store)
-    ``APIKEY_POLL_INTERVAL``
-        ``1.0``: seconds a cached row lasts in channel mode on MySQL/MariaDB
-    ``APIKEY_THROTTLE_LIMIT``
-        ``0`` (off): invalid keys one client address may send per window
-        before it gets 429
-    ``APIKEY_THROTTLE_WINDOW``
-        ``60``: the throttle's window in seconds
+    :meth:`init_app` reads the app's ``APIKEY_*`` settings: each one, with its
+    default and the store or middleware option it sets, is listed in
+    :ref:`configuration` (``docs/configuration.rst``).
 
     It also adds ``flask apikeys ...``, the ``apikey`` commands on the app's
     store.
@@ -177,8 +150,9 @@ def _get_principal() -> Principal | None:
     return t.cast("Principal | None", request.environ.get(PRINCIPAL_ENVIRON_KEY))
 
 
-#: The :class:`Principal` of the current request, or ``None``. It is a proxy:
-#: test it with ``if current_principal:``, not ``is None``.
+#: The :class:`~apikey_middleware.principal.Principal` of the current request,
+#: or ``None``. It is a proxy: test it with ``if current_principal:``, not
+#: ``is None``.
 current_principal: Principal | None = t.cast("Principal | None", LocalProxy(_get_principal))
 
 
@@ -210,7 +184,8 @@ def require_scopes(*scopes: str) -> Callable[[F], F]:
     """Let the view run only for a valid key holding every one of ``scopes``.
 
     With no scopes, any valid key will do. Otherwise the answer is the same
-    JSON error, byte for byte, that :class:`ApiKeyMiddleware` sends. Works on
+    JSON error, byte for byte, that
+    :class:`~apikey_middleware.middleware.ApiKeyMiddleware` sends. Works on
     sync and async views, blueprint views, and class-based views through
     ``decorators = [require_scopes(...)]``.
 

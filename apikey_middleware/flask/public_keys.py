@@ -34,6 +34,7 @@ from .._checks import number
 
 logger = logging.getLogger("apikey_middleware")
 
+#: Where GitHub publishes the keys that sign its secret scanning reports.
 GITHUB_PUBLIC_KEYS_URL = "https://api.github.com/meta/public_keys/secret_scanning"
 #: The most of the keys document read, and the most keys kept from it.
 MAX_DOCUMENT_SIZE = 64 * 1024

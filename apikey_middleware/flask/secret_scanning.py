@@ -305,7 +305,7 @@ def create_blueprint(
     :param action: ``"revoke"`` revokes an active key found leaked;
         ``"report"`` only records it and calls ``on_leak``.
     :param on_leak: called once per leaked key of a report with a
-        :class:`LeakedKey` (never the key itself), after the revocation is
+        :class:`~apikey_middleware.leaks.LeakedKey` (never the key itself), after the revocation is
         committed; keep it quick (queue the e-mail), as GitHub retries slow
         answers. What it raises is logged and changes nothing.
     :param timeout: seconds a fetch of the keys document may take.
