@@ -182,8 +182,9 @@ class SQLAlchemyKeyStore:
         owner: str | None = None,
         expires_at: datetime | None = None,
     ) -> IssuedKey:
-        """Make and store a new key; the returned :class:`~apikey_middleware.records.IssuedKey` is the
-        only place its secret will ever be.
+        """Make and store a new key; the returned
+        :class:`~apikey_middleware.records.IssuedKey` is the only place its
+        secret will ever be.
 
         :raises ValueError: on a bad name, type, scope, owner or expiry.
         """

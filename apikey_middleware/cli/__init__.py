@@ -14,7 +14,8 @@ from collections.abc import Callable
 import click
 
 from ..store import SQLAlchemyKeyStore
-from ._common import DEFAULT_DATABASE_URL, STORE_FACTORY, Redacting, parse_duration
+from ._common import DEFAULT_DATABASE_URL, STORE_FACTORY, Redacting
+from ._common import parse_duration as parse_duration
 from .keys import create, init_db, list_keys, revoke, rotate, show
 from .scan import scan
 from .usage import usage
