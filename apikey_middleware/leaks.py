@@ -14,9 +14,10 @@ from __future__ import annotations
 import hmac
 import os
 import typing as t
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy import exc
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from ._time import utcnow
 from .changes import announce
-from .keys import KeyType, ParsedKey
+from .keys import KeyType, ParsedKey, redact_keys
 from .records import State, key_state
 from .scan import Find, printable, unique_keys
 from .schema import (
@@ -127,32 +128,56 @@ class ReplayedReport(Exception):
     """This report was acted on before."""
 
 
+#: How long a report's digest is kept, to refuse its replays.
+REPORT_MEMORY = timedelta(days=30)
+
+#: Ids looked up in one query.
+LOOK_UP_BATCH = 1000
+
+
+def stored_text(text: str, limit: int) -> str:
+    """Text from a report as a leak record keeps it: anything shaped like a
+    key masked, and every character but printable ASCII percent-encoded
+    (no control character, nothing a database's charset may refuse)."""
+    if not (text.isascii() and text.isprintable()):
+        text = urllib.parse.quote(text, safe="".join(map(chr, range(0x21, 0x7F))))
+    return redact_keys(text)[:limit]
+
+
 def look_up(store: SQLAlchemyKeyStore, key_ids: Iterable[str]) -> dict[str, KeyRow]:
-    """The rows of those of ``key_ids`` that exist, in one query."""
+    """The rows of those of ``key_ids`` that exist, in one query per
+    :data:`LOOK_UP_BATCH` ids (drivers bound a statement's parameters)."""
     ids = sorted(set(key_ids))
-    if not ids:
-        return {}
+    found: dict[str, KeyRow] = {}
     with store.engine.connect() as connection:
-        rows = connection.execute(_LOOK_UP, {"ids": ids})
-        return {row.id: KeyRow(*row) for row in rows}
+        for start in range(0, len(ids), LOOK_UP_BATCH):
+            batch = ids[start : start + LOOK_UP_BATCH]
+            found.update(
+                (row.id, KeyRow(*row)) for row in connection.execute(_LOOK_UP, {"ids": batch})
+            )
+    return found
+
+
+def refuted(store: SQLAlchemyKeyStore, key: ParsedKey, row: KeyRow) -> bool:
+    """Whether ``key`` is shown not to be the key of ``row`` without bcrypt:
+    another type, or a check value that does not match (one HMAC)."""
+    if key.key_id != row.id or key.key_type != row.key_type:
+        return True
+    return row.key_check is not None and not hmac.compare_digest(
+        store.hasher.check_value(key.key), row.key_check
+    )
 
 
 def token_matches(store: SQLAlchemyKeyStore, key: ParsedKey, row: KeyRow) -> bool:
     """Whether ``key`` is really the key of ``row``, not a look-alike with its id.
 
     The checksum is public, so anyone can make a well-formed string with a
-    real key id; only the stored hash tells. The row's check value refutes
-    a look-alike for one HMAC; bcrypt (about 0.3 s at cost 12) runs only
-    for a token that passes it, or for a row made before check values, so
-    callers still bound how often they call this.
+    real key id; only the stored hash proves it. The row's check value
+    refutes a look-alike first, for one HMAC; bcrypt (about 0.3 s at cost
+    12) runs only for a token that passes it, or for a row made before
+    check values, so callers still bound how often they call this.
     """
-    if key.key_id != row.id or key.key_type != row.key_type:
-        return False
-    if row.key_check is not None and not hmac.compare_digest(
-        store.hasher.check_value(key.key), row.key_check
-    ):
-        return False
-    return store.hasher.verify(key.key, row.key_hash)
+    return not refuted(store, key, row) and store.hasher.verify(key.key, row.key_hash)
 
 
 def identify(
@@ -160,23 +185,32 @@ def identify(
 ) -> tuple[dict[str, KeyRow], list[ParsedKey]]:
     """Which of ``keys`` are keys of this store.
 
-    Returns the rows of the keys that proved ours (by key string) and the
-    keys left unchecked because ``max_checks`` checks were spent. Keys of
-    active rows are checked first: those are the ones to act on.
+    Returns the rows of the keys found ours (by key string) and the keys
+    left unchecked. Look-alikes are refuted first by their row's check
+    value, one HMAC each, so they cannot spend the bound. Then at most
+    ``max_checks`` keys are proved with bcrypt, keys of active rows first:
+    those are the ones to act on. Past the bound, a key whose row's check
+    value it matches is taken as ours (48 bits no forger can match without
+    the key, in a report GitHub signed); one of a row made before check
+    values is left unchecked.
     """
     rows = look_up(store, (key.key_id for key in keys))
     now = utcnow()
-    candidates = [key for key in dict.fromkeys(keys) if key.key_id in rows]
+    candidates = [
+        key
+        for key in dict.fromkeys(keys)
+        if key.key_id in rows and not refuted(store, key, rows[key.key_id])
+    ]
     candidates.sort(key=lambda key: not is_active(rows[key.key_id].state(now)))
     if max_checks is not None:
-        candidates, unchecked = candidates[:max_checks], candidates[max_checks:]
+        checked, rest = candidates[:max_checks], candidates[max_checks:]
     else:
-        unchecked = []
+        checked, rest = candidates, []
     ours = {
-        key.key: rows[key.key_id]
-        for key in candidates
-        if token_matches(store, key, rows[key.key_id])
+        key.key: rows[key.key_id] for key in checked if token_matches(store, key, rows[key.key_id])
     }
+    ours.update((key.key, rows[key.key_id]) for key in rest if rows[key.key_id].key_check)
+    unchecked = [key for key in rest if not rows[key.key_id].key_check]
     return ours, unchecked
 
 
@@ -213,6 +247,9 @@ def record(
                 session.execute(sa.insert(_reports).values(digest=report_digest, received_at=now))
             except exc.IntegrityError:
                 raise ReplayedReport from None
+            # Replays are refused for as long as GitHub may retry, and more:
+            # older digests go, so the table stays small.
+            session.execute(sa.delete(_reports).where(_reports.c.received_at < now - REPORT_MEMORY))
         for row, _, _ in found:
             if row.id in actions:
                 continue
@@ -238,8 +275,8 @@ def record(
                     {
                         "key_id": row.id,
                         "reported_at": now,
-                        "url": url[:MAX_URL_LENGTH],
-                        "source": source[:MAX_SOURCE_LENGTH],
+                        "url": stored_text(url, MAX_URL_LENGTH),
+                        "source": stored_text(source, MAX_SOURCE_LENGTH),
                         "action": actions[row.id],
                         "report_digest": report_digest,
                     }
@@ -249,14 +286,17 @@ def record(
     return actions
 
 
-def leaks_of(store: SQLAlchemyKeyStore, key_id: str) -> list[LeakRecord]:
-    """The recorded leaks of ``key_id``, newest first."""
+def leaks_of(
+    store: SQLAlchemyKeyStore, key_id: str, *, limit: int | None = None
+) -> list[LeakRecord]:
+    """The recorded leaks of ``key_id``, newest first (at most ``limit``)."""
     query = (
         sa.select(
             _leaks.c.key_id, _leaks.c.reported_at, _leaks.c.url, _leaks.c.source, _leaks.c.action
         )
         .where(_leaks.c.key_id == key_id)
         .order_by(_leaks.c.reported_at.desc(), _leaks.c.id.desc())
+        .limit(limit)
     )
     with store.engine.connect() as connection:
         return [
@@ -265,10 +305,23 @@ def leaks_of(store: SQLAlchemyKeyStore, key_id: str) -> list[LeakRecord]:
         ]
 
 
+def count_leaks(store: SQLAlchemyKeyStore, key_id: str) -> int:
+    """How many leaks of ``key_id`` are recorded."""
+    query = sa.select(sa.func.count()).where(_leaks.c.key_id == key_id)
+    with store.engine.connect() as connection:
+        return int(connection.execute(query).scalar_one())
+
+
 def leaked_key(row: KeyRow, url: str, source: str, action: Action) -> LeakedKey:
     """The host app's view of one leak."""
     return LeakedKey(
-        row.id, t.cast(KeyType, row.key_type), row.owner, row.name, url, source, action == "revoked"
+        row.id,
+        t.cast(KeyType, row.key_type),
+        row.owner,
+        row.name,
+        stored_text(url, MAX_URL_LENGTH),
+        stored_text(source, MAX_SOURCE_LENGTH),
+        action == "revoked",
     )
 
 

@@ -75,15 +75,20 @@ class ScanStats:
 
 def find_keys(data: bytes) -> Iterator[tuple[int, int, ParsedKey]]:
     """``(line, column, key)`` of each key in ``data`` whose checksum holds."""
-    line, counted_to = 1, 0
+    # Lines and columns are counted from the last find on, never from the
+    # start again: a long line full of keys costs its length, not its square.
+    line, counted_to, line_start = 1, 0, 0
     for match in _CANDIDATE_RE.finditer(data):
         parsed = parse_key(match.group().decode("ascii"))
         if parsed is None:
             continue
         start = match.start()
-        line += data.count(b"\n", counted_to, start)
+        newlines = data.count(b"\n", counted_to, start)
+        if newlines:
+            line += newlines
+            line_start = data.rfind(b"\n", counted_to, start) + 1
         counted_to = start
-        yield line, start - data.rfind(b"\n", 0, start), parsed
+        yield line, start - line_start + 1, parsed
 
 
 class Scanner:
@@ -145,7 +150,8 @@ class Scanner:
         stats = self.stats
         try:
             with open(path, "rb") as file:
-                if os.fstat(file.fileno()).st_size > self.max_size:
+                size = os.fstat(file.fileno()).st_size
+                if size > self.max_size:
                     stats.too_large += 1
                     return
                 data = file.read(_SNIFF)
@@ -153,8 +159,12 @@ class Scanner:
                     stats.binary += 1
                     return
                 if len(data) == _SNIFF:
-                    # One byte more than allowed tells a file that grew meanwhile.
-                    data += file.read(max(0, self.max_size + 1 - _SNIFF))
+                    # Read again whole, into one buffer of the file's size
+                    # (not the sniff plus a copy, nor the size limit's).
+                    file.seek(0)
+                    data = file.read(size + 1)
+                    if len(data) > size:  # it grew meanwhile
+                        data += file.read(self.max_size + 1 - len(data))
         except OSError:
             stats.unreadable += 1
             return

@@ -74,7 +74,8 @@ def keys_document(*signers: Signer) -> bytes:
 
 
 class KeysServer:
-    """Serves ``document`` at ``url`` until told to ``fail`` (500) or ``hang``."""
+    """Serves ``document`` at ``url`` until told to ``fail`` (500), ``hang``
+    or ``trickle`` (a byte every half second)."""
 
     def __init__(self, document: bytes) -> None:
         self.document = document
@@ -91,6 +92,16 @@ class KeysServer:
                     return
                 if server.mode == "fail":
                     self.send_error(500)
+                    return
+                if server.mode == "trickle":  # a byte every half second
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(server.document)))
+                    self.end_headers()
+                    for byte in server.document[:60]:
+                        if server._release.wait(0.5):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

@@ -61,14 +61,34 @@ def test_identify_checks_active_keys_first_within_the_bound(store: SQLAlchemyKey
     revoked = store.create_key("old")
     store.revoke(revoked.id)
     active = store.create_key("new")
+    legacy = store.create_key("made by 0.1.0")
+    with store.engine.begin() as connection:
+        connection.execute(sa.update(ApiKey).where(ApiKey.id == legacy.id).values(key_check=None))
     forged = generate_key("test", store.create_key("victim").id)
-    keys = [parsed(revoked.key), forged, parsed(active.key), parsed(generate_key("test").key)]
-    ours, unchecked = identify(store, keys, max_checks=2)
-    assert set(ours) == {active.key}
-    assert unchecked == [parsed(revoked.key)]
-    ours, unchecked = identify(store, keys)
+    keys = [
+        parsed(revoked.key),
+        forged,
+        parsed(active.key),
+        parsed(legacy.key),
+        parsed(generate_key("test").key),
+    ]
+    # The look-alike is refuted by its check value and spends nothing; the
+    # one bcrypt proves the first active key; past the bound the revoked
+    # key's check value confirms it, and the 0.1.0 row's key is left over.
+    ours, unchecked = identify(store, keys, max_checks=1)
     assert set(ours) == {active.key, revoked.key}
+    assert unchecked == [parsed(legacy.key)]
+    ours, unchecked = identify(store, keys)
+    assert set(ours) == {active.key, revoked.key, legacy.key}
     assert unchecked == []
+
+
+def test_ids_beyond_a_statements_parameter_limit_are_looked_up_in_batches(
+    store: SQLAlchemyKeyStore,
+) -> None:
+    issued = store.create_key("n")
+    ids = [generate_key("test").key_id for _ in range(70_000)] + [issued.id]
+    assert set(look_up(store, ids)) == {issued.id}
 
 
 def test_record_revokes_active_keys_and_keeps_each_place(store: SQLAlchemyKeyStore) -> None:
@@ -143,3 +163,20 @@ def test_long_urls_are_cut_and_what_was_found_is_kept(store: SQLAlchemyKeyStore)
     [leak] = leaks_of(store, active.id)
     assert len(leak.url) == 2000
     assert len(leak.source) == 100
+
+
+def test_show_lists_the_latest_leaks_and_all_of_them_on_request(
+    sqlite_store: SQLAlchemyKeyStore,
+) -> None:
+    issued = sqlite_store.create_key("leaky")
+    row = look_up(sqlite_store, [issued.id])[issued.id]
+    for n in range(25):
+        record(sqlite_store, [(row, f"https://example.test/{n}", "content")], revoke=False)
+    url = str(sqlite_store.engine.url)
+    shown = CliRunner().invoke(main, ["--database-url", url, "show", issued.id])
+    assert shown.exit_code == 0, shown.output
+    assert "25 recorded, the latest 20 below (--all for every one)" in shown.output
+    assert shown.output.count("https://example.test/") == 20
+    assert "https://example.test/24" in shown.output
+    every = CliRunner().invoke(main, ["--database-url", url, "show", issued.id, "--all"])
+    assert every.output.count("https://example.test/") == 25

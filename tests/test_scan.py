@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import subprocess
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -343,6 +344,11 @@ def test_the_pre_commit_hook_refuses_staged_files_with_a_key(tmp_path: Path) -> 
     assert refused.returncode == 1
     assert refused.stdout == f"leaky.py:1:12: live key {key[8:22]}\n"
     assert key not in refused.stdout + refused.stderr
+    # Staged files whose names look like options are files all the same.
+    for name in ("--help", "-h", "--max-size=1", "-x.py"):
+        (tmp_path / name).write_text("nothing here\n")
+        assert commit(name, "clean.py").returncode == 0, name
+        assert commit(name, "leaky.py").returncode == 1, name
 
 
 def test_scanner_counts_what_it_reads(tmp_path: Path) -> None:
@@ -353,3 +359,24 @@ def test_scanner_counts_what_it_reads(tmp_path: Path) -> None:
     assert (scanner.stats.files, scanner.stats.bytes, scanner.stats.binary) == (1, 6, 1)
     with pytest.raises(ValueError, match="max_size"):
         Scanner(max_size=0)
+
+
+def test_keys_on_one_long_line_get_their_own_columns() -> None:
+    key = generate_key("test").key
+    line = (key + " ").encode() * 20_000  # one 1.2 MB line
+    finds = list(find_keys(b"first line\n" + line))
+    assert len(finds) == 20_000
+    assert finds[0][:2] == (2, 1)
+    assert finds[-1][:2] == (2, 19_999 * 58 + 1)
+
+
+def test_scanning_a_file_takes_its_size_in_memory_once(tmp_path: Path) -> None:
+    path = tmp_path / "big.txt"
+    path.write_bytes(b"a" * 20_000_000 + b"\n")
+    tracemalloc.start()
+    try:
+        list(Scanner(max_size=50_000_000).scan_file(str(path)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 30_000_000, peak

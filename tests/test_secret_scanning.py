@@ -18,14 +18,16 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 
-from apikey_middleware import ApiKeyMiddleware, LeakedKey, SQLAlchemyKeyStore, leaks
+from apikey_middleware import ApiKeyMiddleware, LeakedKey, SQLAlchemyKeyStore
 from apikey_middleware._time import utcnow
 from apikey_middleware.flask.secret_scanning import create_blueprint
 from apikey_middleware.hashing import KeyHasher
-from apikey_middleware.keys import ParsedKey, generate_key
+from apikey_middleware.keys import generate_key
 from apikey_middleware.leaks import leaks_of
+from apikey_middleware.schema import ApiKey
 
 from .conftest import Statements
 from .scanning import KeysServer, Signer, keys_document, post, served, snapshot, token_hash
@@ -353,38 +355,99 @@ def test_bcrypt_checks_per_report_are_bounded_active_keys_first(
     revoked = sqlite_store.create_key("old")
     sqlite_store.revoke(revoked.id)
     active = sqlite_store.create_key("leaky")
+    legacy = sqlite_store.create_key("made by 0.1.0")
+    with sqlite_store.engine.begin() as connection:
+        connection.execute(sa.update(ApiKey).where(ApiKey.id == legacy.id).values(key_check=None))
     forged = [generate_key("test", sqlite_store.create_key(f"v{n}").id).key for n in range(3)]
-    checks: list[str] = []
     bcrypt_runs: list[str] = []
-    matches = leaks.token_matches
     verify = KeyHasher.verify
-
-    def counted(store: SQLAlchemyKeyStore, key: ParsedKey, row: leaks.KeyRow) -> bool:
-        checks.append(key.key)
-        return matches(store, key, row)
 
     def counted_bcrypt(self: KeyHasher, key: str, hashed: str) -> bool:
         bcrypt_runs.append(key)
         return verify(self, key, hashed)
 
-    monkeypatch.setattr(leaks, "token_matches", counted)
     monkeypatch.setattr(KeyHasher, "verify", counted_bcrypt)
-    tokens = [revoked.key, forged[0], active.key, forged[1], forged[2]]
-    with endpoint(sqlite_store, max_checks=2) as running:
+    tokens = [revoked.key, forged[0], active.key, forged[1], forged[2], legacy.key]
+    with endpoint(sqlite_store, max_checks=1) as running:
         status, _, labels = running.report(signer, [item(token) for token in tokens])
         assert running.api_status(active.key) == 401
     assert status == 200
-    # Keys of active rows first, in report order: forged[0] and the leaked
-    # key; the revoked key, listed first, comes last and is left unchecked.
-    assert checks == [forged[0], active.key]
-    # The forged one is refuted by its row's check value: bcrypt runs once.
+    # The look-alikes are refuted by their rows' check values, for one HMAC
+    # each. The one bcrypt goes to a key of an active row, in report order;
+    # past the bound the revoked key's check value confirms it, and the key
+    # of a row made before check values is left unchecked.
     assert bcrypt_runs == [active.key]
     assert {label["token_hash"]: label["label"] for label in labels} == {
         token_hash(forged[0]): "false_positive",
+        token_hash(forged[1]): "false_positive",
+        token_hash(forged[2]): "false_positive",
         token_hash(active.key): "true_positive",
+        token_hash(revoked.key): "true_positive",
     }
-    assert "3 token(s)" in caplog.text
+    assert "1 token(s)" in caplog.text
     assert "left unchecked" in caplog.text
+
+
+def test_look_alikes_cannot_keep_a_real_leaked_key_from_revocation(
+    sqlite_store: SQLAlchemyKeyStore, endpoint: EndpointFactory, signer: Signer
+) -> None:
+    leaked = sqlite_store.create_key("leaky")
+    look_alikes = [generate_key("test", leaked.id).key for _ in range(40)]
+    with endpoint(sqlite_store) as running:
+        status, _, labels = running.report(signer, [item(t) for t in [*look_alikes, leaked.key]])
+        assert running.api_status(leaked.key) == 401
+    assert status == 200
+    assert len(labels) == 41
+    assert {label["token_hash"]: label["label"] for label in labels}[token_hash(leaked.key)] == (
+        "true_positive"
+    )
+
+
+def test_report_text_is_recorded_masked_and_printable(
+    store: SQLAlchemyKeyStore, endpoint: EndpointFactory, signer: Signer
+) -> None:
+    leaked = store.create_key("leaky")
+    other = store.create_key("other")
+    url = f"https://example.com/\u00e9\U0001f600/{other.key}?x=\x00"
+    with endpoint(store) as running:
+        status, _, _ = running.report(signer, [item(leaked.key, url=url)])
+        assert status == 200
+        assert running.api_status(leaked.key) == 401
+        told = running.told
+    [record] = leaks_of(store, leaked.id)
+    assert record.url == told[0].url
+    assert other.key not in record.url
+    assert "(an API key, not shown)" in record.url
+    assert record.url.isascii()
+    assert record.url.isprintable()
+    assert "%C3%A9%F0%9F%98%80" in record.url
+
+
+def test_a_token_that_is_not_unicode_text_is_refused_before_anything_is_done(
+    sqlite_store: SQLAlchemyKeyStore, endpoint: EndpointFactory, signer: Signer
+) -> None:
+    leaked = sqlite_store.create_key("leaky")
+    body = json.dumps([item(leaked.key), item("\ud800")]).encode()
+    with endpoint(sqlite_store) as running:
+        status, _, answer = post(running.url, body, signer.headers(body))
+        assert running.api_status(leaked.key) == 200
+    assert status == 400
+    assert answer["error"]["code"] == "BAD_REQUEST"
+    assert leaks_of(sqlite_store, leaked.id) == []
+
+
+def test_a_keys_server_that_sends_slowly_is_given_up_on_within_the_timeout(
+    sqlite_store: SQLAlchemyKeyStore,
+    endpoint: EndpointFactory,
+    signer: Signer,
+    keys_server: KeysServer,
+) -> None:
+    keys_server.mode = "trickle"  # each byte well within the socket timeout
+    with endpoint(sqlite_store, timeout=1.0) as running:
+        started = time.monotonic()
+        status, _, _ = running.report(signer, [item(generate_key("test").key)])
+        assert status == 503
+        assert time.monotonic() - started < 5
 
 
 def test_a_failing_hook_is_logged_and_the_answer_stands(
@@ -473,6 +536,7 @@ def test_a_keys_server_that_hangs_is_given_up_on_within_the_timeout(
     "document",
     [
         pytest.param(b"{" * 70_000, id="oversized"),
+        pytest.param(b"[" * 60_000, id="deeply-nested"),
         pytest.param(b'{"public_keys": "nope"}', id="no-list"),
         pytest.param(b"not json", id="not-json"),
         pytest.param(b'{"public_keys": [{"key_identifier": "a", "key": "junk"}]}', id="bad-pem"),
@@ -488,6 +552,8 @@ def test_a_bad_keys_document_fails_closed(
     keys_server.document = document
     with endpoint(sqlite_store) as running:
         assert running.report(signer, [item(generate_key("test").key)])[0] == 503
+        assert running.report(signer, [item(generate_key("test").key)])[0] == 503
+    assert keys_server.hits == 1  # a failed fetch is not tried again at once
 
 
 def test_a_keys_document_with_only_other_curves_fails_closed(

@@ -111,14 +111,27 @@ def list_keys(include_revoked: bool, as_json: bool) -> None:
         click.echo("  ".join([*cells, row[-1]]))
 
 
+_LATEST_LEAKS = 20
+
+
+def _leak_count(recorded: int, shown_here: int) -> str:
+    if not recorded:
+        return "-"
+    if shown_here < recorded:
+        return f"{recorded} recorded, the latest {shown_here} below (--all for every one)"
+    return f"{recorded} recorded"
+
+
 @click.command()
 @click.argument("key_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.option("--all", "all_leaks", is_flag=True, help="Every recorded leak, not the latest 20.")
 @store_command
-def show(key_id: str, as_json: bool) -> None:
+def show(key_id: str, as_json: bool, all_leaks: bool) -> None:
     """Show one key's record and where it was found leaked."""
     record = get_record(key_id)
-    found = leaks.leaks_of(store(), record.id)
+    found = leaks.leaks_of(store(), record.id, limit=None if all_leaks else _LATEST_LEAKS)
+    recorded = len(found) if all_leaks else leaks.count_leaks(store(), record.id)
     now = utcnow()
     if as_json:
         leak_list = [leak.as_json() for leak in found]
@@ -137,7 +150,7 @@ def show(key_id: str, as_json: bool) -> None:
         ("last used", when(record.last_used_at)),
         ("replaces", record.replaces or "-"),
         ("state", state_text(record, now)),
-        ("leaks", f"{len(found)} recorded" if found else "-"),
+        ("leaks", _leak_count(recorded, len(found))),
     ):
         click.echo(f"{label + ':':11}{value}")
     for leak in found:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import http.client
 import json
 import logging
 import re
@@ -26,7 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -54,7 +53,8 @@ class PublicKeys:
     """The signing keys at ``url``, fetched when needed and kept for ``ttl``.
 
     :param url: where the keys document is (``http`` or ``https``).
-    :param timeout: seconds a fetch may take before it counts as failed.
+    :param timeout: seconds a whole fetch may take before it counts as
+        failed (however slowly the server sends).
     :param ttl: seconds fetched keys are used before fetching again.
     :param refetch_interval: the least seconds between two fetches for an
         unknown key identifier.
@@ -82,7 +82,8 @@ class PublicKeys:
         self._fetched_at: float | None = None
         self._tried_at: float | None = None
         self._failed = False
-        self._lock = threading.Lock()
+        # One fetch at a time; a request whose key is known never waits on it.
+        self._fetching = threading.Lock()
         #: How many times the document was requested (for tests and logs).
         self.fetches = 0
 
@@ -114,23 +115,30 @@ class PublicKeys:
 
         :raises KeysUnavailable: no fresh keys to look in.
         """
-        with self._lock:
-            now = time.monotonic()
-            if self._fresh(now) and identifier in self._keys:
-                return self._keys[identifier]
-            if self._tried_at is None:
-                due = True
-            elif self._fresh(now):  # an identifier the document did not have
-                due = now - self._tried_at >= self.refetch_interval
-            elif self._failed:
-                due = now - self._tried_at >= self.retry_interval
-            else:  # past their ttl
-                due = True
-            if due:
-                self._refresh(now)
-            if not self._fresh(time.monotonic()):
-                raise KeysUnavailable
-            return self._keys.get(identifier)
+        now = time.monotonic()
+        keys = self._keys
+        if self._fresh(now) and identifier in keys:
+            return keys[identifier]
+        tried = self._tried_at
+        if tried is None:
+            due = True
+        elif self._fresh(now):  # an identifier the document did not have
+            due = now - tried >= self.refetch_interval
+        elif self._failed:
+            due = now - tried >= self.retry_interval
+        else:  # past their ttl
+            due = True
+        # One fetch at a time: the others wait for it (a fetch ends within
+        # its timeout), then use what it got instead of fetching again.
+        if due and self._fetching.acquire(timeout=self.timeout + 1.0):
+            try:
+                if self._tried_at == tried:
+                    self._refresh(now)
+            finally:
+                self._fetching.release()
+        if not self._fresh(time.monotonic()):
+            raise KeysUnavailable
+        return self._keys.get(identifier)
 
     def _fresh(self, now: float) -> bool:
         return self._fetched_at is not None and now - self._fetched_at < self.ttl
@@ -140,7 +148,7 @@ class PublicKeys:
         self.fetches += 1
         try:
             keys = self._fetch()
-        except (OSError, ValueError, UnsupportedAlgorithm, http.client.HTTPException) as error:
+        except Exception as error:  # whatever the document or the server did
             # A failed fetch keeps the keys there were, until their ttl ends.
             self._failed = True
             logger.warning(
@@ -158,8 +166,16 @@ class PublicKeys:
             self.url,
             headers={"Accept": "application/json", "User-Agent": "apikey_middleware"},
         )
+        deadline = time.monotonic() + self.timeout
+        data = b""
         with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-            data = response.read(MAX_DOCUMENT_SIZE + 1)
+            while len(data) <= MAX_DOCUMENT_SIZE:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the keys document took too long")
+                chunk = response.read1(MAX_DOCUMENT_SIZE + 1 - len(data))
+                if not chunk:
+                    break
+                data += chunk
         if len(data) > MAX_DOCUMENT_SIZE:
             raise ValueError("the keys document is too large")
         document = json.loads(data)

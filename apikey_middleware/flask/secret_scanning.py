@@ -162,6 +162,11 @@ def _parse(body: bytes, max_tokens: int) -> list[_Item]:
             and isinstance(source, str)
         ):
             raise MalformedReportError
+        try:  # a lone surrogate, say: refused before anything is acted on
+            for field in (token, token_type, url, source):
+                field.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MalformedReportError from None
         items.append(_Item(token, token_type, url, source))
     # The same match twice in one report counts once.
     return list(dict.fromkeys(items))
