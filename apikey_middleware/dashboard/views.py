@@ -172,7 +172,8 @@ def create_dashboard(
     bp.record_once(_check_session_cookie)
     bp.add_app_template_global(csrf_token, "apikey_csrf_token")
     bp.before_request(_guard(dashboard, f"{name}.static"))
-    bp.after_request(lambda response: secure_headers(response, no_store=True))
+    static = f"{name}.static"
+    bp.after_request(lambda response: secure_headers(response, no_store=request.endpoint != static))
     bp.context_processor(lambda: {"dashboard": dashboard, "csrf_field": CSRF_FIELD})
     bp.register_error_handler(HTTPException, _http_error)
     bp.register_error_handler(StoreError, _store_error)
