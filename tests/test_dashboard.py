@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import typing as t
+import urllib.parse
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -626,3 +627,71 @@ def test_the_list_reads_usage_only_for_keys_used_in_its_window(
     monkeypatch.setattr(SQLAlchemyKeyStore, "usage", usage)
     assert alice.get("/").status_code == 200
     assert asked == [used.id]
+
+
+# -- the example app's sign-in ---------------------------------------------------------
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> t.Iterator[FlaskClient]:
+    from werkzeug.security import generate_password_hash
+
+    from examples.flask_app import create_app
+
+    app = create_app(
+        {
+            "APIKEY_DATABASE_URL": f"sqlite:///{tmp_path / 'example.db'}",
+            "APIKEY_BCRYPT_ROUNDS": 4,
+            "EXAMPLE_ACCOUNTS": {"alice": generate_password_hash("right")},
+        }
+    )
+    app.extensions["apikeys"].store.create_schema()
+    yield app.test_client()
+    app.extensions["apikeys"].middleware.close()
+    app.extensions["apikeys"].store.close()
+
+
+def login(
+    client: FlaskClient, password: str, next_url: str = "", token: bool = True
+) -> TestResponse:
+    match = TOKEN_RE.search(client.get("/login").get_data(as_text=True))
+    assert match
+    data = {"username": "alice", "password": password}
+    if token:
+        data["csrf_token"] = match.group(1)
+    return client.post("/login?next=" + next_url, data=data)
+
+
+@pytest.mark.parametrize(
+    ("next_url", "landing"),
+    [
+        ("/settings/api-keys/new", "/settings/api-keys/new"),
+        ("//evil.example/x", "/settings/api-keys"),
+        ("https://evil.example/", "/settings/api-keys"),
+        ("/\\evil.example", "/settings/api-keys"),
+        ("", "/settings/api-keys"),
+    ],
+)
+def test_the_example_signs_in_and_goes_back_only_to_its_own_pages(
+    example: FlaskClient, next_url: str, landing: str
+) -> None:
+    response = login(example, "right", urllib.parse.quote(next_url))
+    assert response.status_code == 303
+    assert response.location == landing
+
+
+def test_the_example_refuses_wrong_passwords_and_forms_without_their_token(
+    example: FlaskClient,
+) -> None:
+    assert login(example, "wrong").status_code == 401
+    assert login(example, "right", token=False).status_code == 400
+    assert example.get("/settings/api-keys/").status_code == 303
+    login(example, "right")
+    page = example.get("/settings/api-keys/").get_data(as_text=True)
+    assert "Signed in as <strong>alice</strong>" in page
+    assert example.post("/logout").status_code == 303  # no token: still signed in
+    assert example.get("/settings/api-keys/").status_code == 200
+    token = TOKEN_RE.search(page)
+    assert token
+    example.post("/logout", data={"csrf_token": token.group(1)})
+    assert example.get("/settings/api-keys/").status_code == 303
