@@ -20,8 +20,8 @@ from werkzeug.test import TestResponse
 
 from apikey_middleware import IssuedKey, SQLAlchemyKeyStore
 from apikey_middleware.dashboard import create_dashboard
-from apikey_middleware.dashboard.charts import UsageBucket, draw, usage_summary
-from apikey_middleware.dashboard.forms import check_rate_limit
+from apikey_middleware.dashboard._charts import UsageBucket, draw, usage_summary
+from apikey_middleware.dashboard._forms import check_rate_limit
 from apikey_middleware.dashboard.security import CONTENT_SECURITY_POLICY
 from apikey_middleware.usage import UsageRecord
 

@@ -144,7 +144,7 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def context(browser: Browser, site: Site) -> Iterator[BrowserContext]:
-    made = browser.new_context(viewport={"width": 1280, "height": 760})
+    made = browser.new_context(viewport={"width": 1366, "height": 768})
     made.grant_permissions(["clipboard-read", "clipboard-write"], origin=site.base)
     made.add_init_script(RECORD_VIOLATIONS)
     made.set_default_timeout(15_000)

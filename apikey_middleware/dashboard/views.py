@@ -37,8 +37,8 @@ from ..errors import KeyNotFoundError, StoreError
 from ..keys import KEY_TYPES, is_key_id
 from ..principal import validate_scope
 from ..records import KeyRecord
-from .charts import Bucket, Chart, draw, usage_summary
-from .forms import GRACE_PERIODS, KeyForm, RotateForm
+from ._charts import Bucket, Chart, draw, usage_summary
+from ._forms import GRACE_PERIODS, KeyForm, RotateForm
 from .security import CSRF_FIELD, csrf_token, csrf_token_valid, secure_headers
 
 if t.TYPE_CHECKING:
@@ -72,7 +72,11 @@ class Dashboard:
     #: Whether the store's ``create_key`` takes a ``rate_limit``: the form
     #: offers the field only then.
     with_rate_limit: bool
-    grace_periods: tuple[str, ...] = tuple(GRACE_PERIODS)
+
+    @property
+    def grace_periods(self) -> list[str]:
+        """What the Rotate form offers, in order."""
+        return list(GRACE_PERIODS)
 
     def owner(self) -> str:
         """The signed-in account (a request gets to a page only with one)."""

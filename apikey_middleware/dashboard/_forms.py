@@ -19,13 +19,6 @@ from .._time import utcnow
 from ..keys import KEY_TYPES, holds_key
 from ..records import check_name
 
-__all__ = [
-    "GRACE_PERIODS",
-    "KeyForm",
-    "RotateForm",
-    "check_rate_limit",
-]
-
 #: What the Rotate form offers: label -> how long the old key keeps working.
 GRACE_PERIODS: dict[str, timedelta] = {
     "Stop the old key now": timedelta(0),

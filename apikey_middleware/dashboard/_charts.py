@@ -16,15 +16,6 @@ from .._time import utcnow
 if t.TYPE_CHECKING:
     from ..store import SQLAlchemyKeyStore
 
-__all__ = [
-    "STATUS_CLASSES",
-    "Bar",
-    "Chart",
-    "Segment",
-    "UsageBucket",
-    "draw",
-    "usage_summary",
-]
 
 Bucket = t.Literal["minute", "hour", "day"]
 
