@@ -10,6 +10,7 @@ each run, sign in to the dashboard at ``/settings/api-keys``.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 import secrets
@@ -156,8 +157,12 @@ def add_login(app: Flask) -> None:
     if not app.secret_key:
         app.secret_key = os.environ.get("FLASK_SECRET_KEY") or secrets.token_hex(32)
     accounts: dict[str, str] = dict(app.config.get("EXAMPLE_ACCOUNTS", {}))
-    # Checked for an unknown name too, so that the answer takes as long.
-    unknown = generate_password_hash(secrets.token_urlsafe(16))
+
+    # Checked for an unknown name too, so that the answer takes as long; made
+    # on first use, so that starting a worker costs no hashing.
+    @functools.cache
+    def unknown() -> str:
+        return generate_password_hash(secrets.token_urlsafe(16))
 
     @app.route("/login", methods=["GET", "POST"])
     def login() -> ResponseReturnValue:
@@ -167,11 +172,13 @@ def add_login(app: Flask) -> None:
             password = request.form.get("password", "")
             if not csrf_token_valid():
                 error, status = "The form expired: try again.", 400
-            elif check_password_hash(accounts.get(name, unknown), password) and name in accounts:
+            elif name in accounts and check_password_hash(accounts[name], password):
                 session.clear()  # a new session, and a new CSRF token, per sign-in
                 session["account"] = name
                 return redirect(_safe_next(request.args.get("next")), 303)
             else:
+                if name not in accounts:
+                    check_password_hash(unknown(), password)
                 error, status = "Wrong name or password.", 401
         page = render_template("login.html", error=error, accounts=sorted(accounts))
         return secure_headers(Response(page, status, mimetype="text/html"))
