@@ -6,15 +6,15 @@ BIN := $(VENV)/bin
 # Modules are byte-compiled when first imported, not all at install time.
 PIP := $(BIN)/python -m pip install --quiet --no-compile
 
-.PHONY: run run-legacy test quick fuzz lint docs bench clean
+.PHONY: run run-legacy test quick fuzz lint docs bench screenshots clean
 
 # What each target installs: the package (editable) with some of its extras,
 # plus some dependency groups of pyproject.toml. Each set has its own stamp,
 # remade when pyproject.toml or setup.cfg changes. Only `make run` does with
 # fewer than all the extras: the tests, the docs (which import every module)
 # and the benchmarks need them all. A new extra is added to EXTRAS.
-EXTRAS := flask,postgresql,mysql,secret-scanning
-run_EXTRAS := flask
+EXTRAS := flask,postgresql,mysql,secret-scanning,dashboard
+run_EXTRAS := flask,dashboard
 docs_EXTRAS := $(EXTRAS)
 docs_GROUPS := docs
 fuzz_EXTRAS := $(EXTRAS)
@@ -73,6 +73,10 @@ quick: $(VENV)/.installed-test lint
 # The property tests at 100000 examples each; prints how many ran.
 fuzz: $(VENV)/.installed-fuzz
 	APIKEY_FUZZ_EXAMPLES=$${APIKEY_FUZZ_EXAMPLES:-100000} $(BIN)/pytest -m fuzz -s -q
+
+# The dashboard's screenshots in the docs, taken by its browser tests.
+screenshots: $(VENV)/.installed-test
+	APIKEY_SCREENSHOT_DIR=docs/_static/dashboard $(BIN)/pytest -q tests/test_dashboard_browser.py
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)

@@ -18,6 +18,7 @@ from apikey_middleware import SQLAlchemyKeyStore
 
 from . import (
     bench_abuse,
+    bench_dashboard,
     bench_flood,
     bench_middleware,
     bench_revocation,
@@ -40,13 +41,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-keys", type=int, default=1_000_000)
     parser.add_argument("--scan-mb", type=int, default=1024, help="size of the generated tree")
     parser.add_argument("--scan-rounds", type=int, default=3)
-    parser.add_argument(
-        "--only",
-        nargs="*",
-        choices=["in-process", "server", "abuse", "revocation", "memory", "scan"],
-    )
+    parser.add_argument("--dashboard-keys", type=int, default=1000, help="keys of one account")
+    parser.add_argument("--dashboard-rounds", type=int, default=5)
+    parts = ["in-process", "server", "abuse", "revocation", "memory", "scan", "dashboard"]
+    parser.add_argument("--only", nargs="*", choices=parts)
     args = parser.parse_args(argv)
-    wanted = set(args.only or ["in-process", "server", "abuse", "revocation", "memory", "scan"])
+    wanted = set(args.only or parts)
     started = time.monotonic()
     table = Table()
     with tempfile.TemporaryDirectory() as folder:
@@ -86,6 +86,13 @@ def main(argv: list[str] | None = None) -> None:
             bench_abuse.memory(table, f"sqlite:///{folder}/memory.db", args.memory_keys)
         if "scan" in wanted:
             bench_scan.run(table, megabytes=args.scan_mb, rounds=args.scan_rounds)
+        if "dashboard" in wanted:
+            bench_dashboard.run(
+                table,
+                f"sqlite:///{folder}/dashboard.db",
+                keys=args.dashboard_keys,
+                rounds=args.dashboard_rounds,
+            )
         if "in-process" in wanted:
             for label, url in servers.items():
                 bench_middleware.writer_throughput(table, label, url.replace("bench.db", "w.db"))

@@ -96,7 +96,8 @@ nitpick_ignore_regex = [
     # run time) and the fields of NamedTuples.
     (
         "py:class",
-        r"WSGIApplication|WSGIEnvironment|StartResponse|Engine|Connection|Response|datetime",
+        r"WSGIApplication|WSGIEnvironment|StartResponse|Engine|Connection|Response|datetime"
+        r"|Blueprint",
     ),
     # Type variables and private base classes (shown in "Bases:") have no page.
     ("py:class", r"apikey_middleware\.[\w.]*\.(F|_\w+)"),

@@ -3,20 +3,38 @@
 Run it with ``make run`` or ``python -m examples.flask_app``: it creates a
 SQLite database (``APIKEY_DATABASE_URL``, default ``instance/apikeys.db``),
 issues two demo test keys, prints each once with ``curl`` lines, and serves
-on 127.0.0.1:5000.
+on 127.0.0.1:5000. Two demo accounts, with passwords made and printed at
+each run, sign in to the dashboard at ``/settings/api-keys``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
+import secrets
 import typing as t
+import urllib.parse
 from collections.abc import Mapping
 
-from flask import Blueprint, Flask, abort, current_app, jsonify, request
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
+from werkzeug.security import check_password_hash, generate_password_hash
+from werkzeug.wrappers import Response
 
+from apikey_middleware.dashboard import create_dashboard, csrf_token_valid, secure_headers
 from apikey_middleware.flask import ApiKeys, current_principal, require_scopes
 from examples._demo import (
     DEFAULT_DATABASE_URL,
@@ -30,6 +48,16 @@ DEMO_KEYS: list[tuple[str, list[str]]] = [
     ("demo reader", ["clients:read"]),
     ("demo admin", ["clients:read", "clients:write", "clients:delete"]),
 ]
+
+#: The dashboard's demo accounts; each is the owner of the keys it makes.
+DEMO_ACCOUNTS = ("alice", "bob")
+#: The permissions the dashboard offers, as the API's routes need them.
+SCOPES = {
+    "clients:read": "List and read clients",
+    "clients:write": "Create clients",
+    "clients:delete": "Delete clients",
+}
+DASHBOARD_URL = "/settings/api-keys"
 
 apikeys = ApiKeys()
 clients = Blueprint("clients", __name__, url_prefix="/v1/clients")
@@ -101,6 +129,8 @@ def create_app(config: Mapping[str, t.Any] | None = None) -> Flask:
     apikeys.init_app(app)
     app.extensions["example_clients"] = ClientBook()
     app.register_blueprint(clients)
+    add_login(app)
+    add_dashboard(app)
 
     @app.get("/health")
     def health() -> ResponseReturnValue:
@@ -113,13 +143,85 @@ def create_app(config: Mapping[str, t.Any] | None = None) -> Flask:
     return app
 
 
+def _safe_next(target: str | None) -> str:
+    """Where to go after signing in: a path on this site, else the dashboard."""
+    parts = urllib.parse.urlsplit(target or "")
+    if not target or parts.scheme or parts.netloc or not target.startswith("/") or "\\" in target:
+        return DASHBOARD_URL
+    return target
+
+
+def add_login(app: Flask) -> None:
+    """The example's own sign-in: ``EXAMPLE_ACCOUNTS`` maps each account to
+    a password hash (Werkzeug's); the account is its keys' owner."""
+    if not app.secret_key:
+        app.secret_key = os.environ.get("FLASK_SECRET_KEY") or secrets.token_hex(32)
+    accounts: dict[str, str] = dict(app.config.get("EXAMPLE_ACCOUNTS", {}))
+
+    # Checked for an unknown name too, so that the answer takes as long; made
+    # on first use, so that starting a worker costs no hashing.
+    @functools.cache
+    def unknown() -> str:
+        return generate_password_hash(secrets.token_urlsafe(16))
+
+    @app.route("/login", methods=["GET", "POST"])
+    def login() -> ResponseReturnValue:
+        error, status = None, 200
+        if request.method == "POST":
+            name = request.form.get("username", "")
+            password = request.form.get("password", "")
+            if not csrf_token_valid():
+                error, status = "The form expired: try again.", 400
+            elif name in accounts and check_password_hash(accounts[name], password):
+                session.clear()  # a new session, and a new CSRF token, per sign-in
+                session["account"] = name
+                return redirect(_safe_next(request.args.get("next")), 303)
+            else:
+                if name not in accounts:
+                    check_password_hash(unknown(), password)
+                error, status = "Wrong name or password.", 401
+        page = render_template("login.html", error=error, accounts=sorted(accounts))
+        return secure_headers(Response(page, status, mimetype="text/html"))
+
+    @app.post("/logout")
+    def logout() -> ResponseReturnValue:
+        if csrf_token_valid():
+            session.clear()
+        return redirect(url_for("login"), 303)
+
+
+def add_dashboard(app: Flask) -> None:
+    """Settings > API Keys for the signed-in account, at ``/settings/api-keys``."""
+    with app.app_context():
+        store = apikeys.store
+    dashboard = create_dashboard(
+        store,
+        current_owner=lambda: session.get("account"),
+        login_url="/login",
+        logout_url="/logout",
+        scopes=SCOPES,
+    )
+    app.register_blueprint(dashboard, url_prefix=DASHBOARD_URL)
+
+
+def print_accounts(base: str, passwords: Mapping[str, str]) -> None:
+    """Print the dashboard's address and the demo accounts' passwords."""
+    print(f"\nDashboard (Settings > API Keys): {base}{DASHBOARD_URL}\n")
+    for name, password in passwords.items():
+        print(f"    account: {name}    password: {password}")
+    print(flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve the Flask example.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
 
-    app = create_app()
+    passwords = {name: secrets.token_urlsafe(9) for name in DEMO_ACCOUNTS}
+    accounts = {name: generate_password_hash(password) for name, password in passwords.items()}
+    app = create_app({"EXAMPLE_ACCOUNTS": accounts})
+    print_accounts(f"http://{args.host}:{args.port}", passwords)
     with app.app_context():
         reader, admin = issue_demo_keys(apikeys.store, DEMO_KEYS)
     base = f"http://{args.host}:{args.port}/v1/clients"

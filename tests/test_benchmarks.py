@@ -36,6 +36,8 @@ def test_the_benchmark_suite_runs_and_prints_one_table() -> None:
             "--memory-keys=2000",
             "--scan-mb=20",
             "--scan-rounds=1",
+            "--dashboard-keys=30",
+            "--dashboard-rounds=1",
         ],
         cwd=ROOT,
         env=env,
@@ -60,6 +62,7 @@ def test_the_benchmark_suite_runs_and_prints_one_table() -> None:
         "peak RSS growth over 2,000 bad keys, MB",
         "this repository: files/s",
         "generated 20 MB tree: MB/s",
+        "30 keys, 30 shown: HTML+CSS+JS bytes",
     ):
         assert line in out, line
     if env["APIKEY_BENCH_POSTGRES_URL"]:

@@ -13,6 +13,7 @@ import sys
 import time
 import typing as t
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -232,3 +233,37 @@ def test_seed_lifecycle_with_the_readme_commands(flask_example: Served, tmp_path
     chart = apikey(tmp_path, "usage", live_id)
     assert "Requests per day" in chart
     assert "2xx 2" in chart
+
+
+ACCOUNT_RE = re.compile(r"^\s+account: (\w+)\s+password: (\S+)$", re.MULTILINE)
+
+
+def test_flask_example_prints_its_dashboard_and_accounts_that_sign_in(
+    flask_example: Served,
+) -> None:
+    accounts = dict(ACCOUNT_RE.findall(flask_example.output))
+    assert set(accounts) == {"alice", "bob"}
+    assert f"{flask_example.base}/settings/api-keys" in flask_example.output
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+
+    def sign_in(password: str) -> tuple[int, str]:
+        with browser.open(f"{flask_example.base}/login", timeout=10) as page:
+            token = re.search(r'name="csrf_token" value="([^"]+)"', page.read().decode())
+        assert token
+        form = urllib.parse.urlencode(
+            {"csrf_token": token.group(1), "username": "alice", "password": password}
+        ).encode()
+        try:
+            with browser.open(f"{flask_example.base}/login", form, timeout=10) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, error.read().decode()
+
+    status, page = sign_in(accounts["bob"])
+    assert status == 401
+    assert "Wrong name or password." in page
+    status, page = sign_in(accounts["alice"])
+    assert status == 200
+    assert "Signed in as <strong>alice</strong>" in page
+    assert "Generate New Key" in page

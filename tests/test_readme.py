@@ -94,3 +94,17 @@ def test_secret_scanning_snippet_mounts_the_endpoint(readme: dict[str, t.Any]) -
 
 def test_readme_says_a_split_key_is_not_found() -> None:
     assert "split across lines" in README.read_text()
+
+
+def test_dashboard_snippet_mounts_the_page_for_the_signed_in_owner(
+    readme: dict[str, t.Any],
+) -> None:
+    client = readme["site"].test_client()
+    response = client.get("/settings/api-keys/")
+    assert response.status_code == 303
+    assert response.location.startswith("/login?next=")
+    with client.session_transaction() as session:
+        session["account"] = readme["issued"].record.owner
+    page = client.get("/settings/api-keys/").get_data(as_text=True)
+    assert readme["issued"].record.prefix in page
+    assert "Generate New Key" in page

@@ -90,6 +90,14 @@ def test_built_distributions_install_and_run_in_a_fresh_venv(tmp_path: Path) -> 
         in_wheel = set(archive.namelist())
         metadata = archive.read(f"apikey_middleware-{VERSION}.dist-info/METADATA").decode()
     assert "apikey_middleware/py.typed" in in_wheel
+    dashboard = "apikey_middleware/dashboard/"
+    assert {
+        f"{dashboard}templates/apikey_dashboard/layout.html",
+        f"{dashboard}templates/apikey_dashboard/created.html",
+        f"{dashboard}static/dashboard.css",
+        f"{dashboard}static/dashboard.js",
+        f"{dashboard}static/favicon.svg",
+    } <= in_wheel
     assert f"apikey_middleware-{VERSION}.dist-info/licenses/LICENSE" in in_wheel
     assert {name.split("/")[0] for name in in_wheel} == {
         "apikey_middleware",
