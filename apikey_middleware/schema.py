@@ -24,6 +24,8 @@ MAX_PATH_LENGTH = 1000
 #: The longest leak location (a URL) and leak source kept.
 MAX_URL_LENGTH = 2000
 MAX_SOURCE_LENGTH = 100
+#: The longest rate limit a key may have, in the ``limits`` notation.
+MAX_RATE_LIMIT_LENGTH = 200
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -95,6 +97,8 @@ class ApiKey(Base):
     replaces: Mapped[str | None] = mapped_column(
         sa.String(ID_LENGTH), sa.ForeignKey("apikey_keys.id")
     )
+    # The key's own rate limit, such as "100/minute" (NULL: the default).
+    rate_limit: Mapped[str | None] = mapped_column(sa.String(MAX_RATE_LIMIT_LENGTH))
 
 
 class UsageRow(Base):
@@ -151,7 +155,10 @@ leak_reports_table = t.cast(sa.Table, LeakReport.__table__)
 
 #: Columns added since the first release, by table: :func:`upgrade` adds
 #: those that a database made by an earlier release lacks.
-ADDED_COLUMNS: tuple[tuple[str, str], ...] = (("apikey_keys", "key_check"),)
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("apikey_keys", "key_check"),
+    ("apikey_keys", "rate_limit"),
+)
 
 
 def upgrade(connection: Connection) -> list[str]:

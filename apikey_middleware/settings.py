@@ -14,6 +14,7 @@ from ._checks import integer, number
 from .changes import REVOCATION_MODES
 from .hashing import DEFAULT_ROUNDS
 from .keys import KEY_TYPES
+from .ratelimit import DEFAULT_STORAGE, CounterStorage, check_rate_limit, storage_scheme
 from .verifier import DEFAULT_CACHE_SIZE
 
 
@@ -68,6 +69,21 @@ def _revocation(name: str, value: object) -> str:
     return str(value)
 
 
+def _rate_limit(name: str, value: object) -> str | None:
+    return check_rate_limit(name, value)
+
+
+def _storage(name: str, value: object) -> str:
+    storage_scheme(name, value)
+    return t.cast(str, value)
+
+
+def _prefix(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value or len(value) > 100 or not value.isprintable():
+        raise ValueError(f"{name} must be a short printable string, not {value!r}")
+    return value
+
+
 # name -> (default, check): the one list of settings, in the order the
 # configuration reference gives them.
 SETTINGS: dict[str, tuple[object, Callable[[str, t.Any], t.Any]]] = {
@@ -85,6 +101,9 @@ SETTINGS: dict[str, tuple[object, Callable[[str, t.Any], t.Any]]] = {
     "APIKEY_POLL_INTERVAL": (1.0, _number),
     "APIKEY_THROTTLE_LIMIT": (0, _integer(0)),
     "APIKEY_THROTTLE_WINDOW": (60, _number),
+    "APIKEY_DEFAULT_RATE_LIMIT": (None, _rate_limit),
+    "APIKEY_RATE_LIMIT_STORAGE": (DEFAULT_STORAGE, _storage),
+    "APIKEY_RATE_LIMIT_PREFIX": ("apikey", _prefix),
 }
 
 
@@ -106,10 +125,17 @@ class Settings:
     poll_interval: float
     throttle_limit: int
     throttle_window: float
+    default_rate_limit: str | None
+    rate_limit_storage: str
+    rate_limit_prefix: str
 
     def __repr__(self) -> str:
         # The pepper is a secret.
         return f"Settings(database_url={self.database_url!r}, revocation={self.revocation!r})"
+
+    def counter_storage(self) -> CounterStorage:
+        """The counter storage of rate limits and the throttle."""
+        return CounterStorage(self.rate_limit_storage, prefix=self.rate_limit_prefix)
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, object]) -> Settings:

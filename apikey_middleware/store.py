@@ -28,6 +28,7 @@ from .errors import KeyNotFoundError
 from .hashing import DEFAULT_ROUNDS, KeyHasher
 from .keys import KEY_TYPES, ParsedKey, generate_key, is_key_id, shown_safely
 from .principal import Principal, normalize_scopes
+from .ratelimit import check_rate_limit
 from .records import IssuedKey, KeyRecord, check_name
 from .schema import ApiKey, metadata, upgrade
 from .usage import UsageRecord
@@ -181,12 +182,18 @@ class SQLAlchemyKeyStore:
         scopes: str | Iterable[str] = (),
         owner: str | None = None,
         expires_at: datetime | None = None,
+        rate_limit: str | None = None,
     ) -> IssuedKey:
         """Make and store a new key; the returned
         :class:`~apikey_middleware.records.IssuedKey` is the only place its
         secret will ever be.
 
-        :raises ValueError: on a bad name, type, scope, owner or expiry.
+        :param rate_limit: the key's own rate limit in the ``limits``
+            notation, such as ``"100/minute"`` or ``"10/second;1000/hour"``
+            (see :mod:`~apikey_middleware.ratelimit`); ``None``: the
+            middleware's ``default_rate_limit`` applies.
+        :raises ValueError: on a bad name, type, scope, owner, expiry or
+            rate limit.
         """
         if key_type not in KEY_TYPES:
             raise ValueError(
@@ -198,6 +205,7 @@ class SQLAlchemyKeyStore:
             normalize_scopes(scopes),
             check_name("owner", owner, optional=True),
             check_aware("expires_at", expires_at),
+            check_rate_limit("rate_limit", rate_limit),
         )
 
     def _issue(
@@ -207,6 +215,7 @@ class SQLAlchemyKeyStore:
         scope_list: tuple[str, ...],
         owner: str | None,
         expires_at: datetime | None,
+        rate_limit: str | None,
         replaces: str | None = None,
         retire: Callable[[Session, datetime], None] | None = None,
     ) -> IssuedKey:
@@ -225,6 +234,7 @@ class SQLAlchemyKeyStore:
                 created_at=now,
                 expires_at=expires_at,
                 replaces=replaces,
+                rate_limit=rate_limit,
             )
             try:
                 with self._session() as session, session.begin():
@@ -301,8 +311,9 @@ class SQLAlchemyKeyStore:
             return KeyRecord.from_model(model)
 
     def rotate(self, key_id: str, *, grace: timedelta = timedelta(0)) -> IssuedKey:
-        """Replace ``key_id`` with a new key of the same name, type, scopes
-        and owner; the old key keeps working for ``grace``, then is refused.
+        """Replace ``key_id`` with a new key of the same name, type, scopes,
+        owner and rate limit; the old key keeps working for ``grace``, then
+        is refused.
 
         With ``grace=0`` the old key is revoked at once; otherwise it expires
         at ``now + grace`` (or sooner, if it was to expire before). A key
@@ -345,6 +356,7 @@ class SQLAlchemyKeyStore:
             normalize_scopes(old.scopes),  # as they are stored, checked again
             old.owner,
             None if lifetime is None else now + lifetime,
+            old.rate_limit,
             replaces=old.id,
             retire=retire,
         )

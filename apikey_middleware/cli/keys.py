@@ -14,6 +14,7 @@ from ..records import IssuedKey
 from ._common import (
     duration_option,
     get_record,
+    rate_limit_option,
     record_json,
     shown,
     state_text,
@@ -29,6 +30,8 @@ def _show_issued(issued: IssuedKey, what: str) -> None:
     click.echo(f"scopes: {shown(' '.join(record.scopes)) if record.scopes else '(none)'}")
     if record.expires_at is not None:
         click.echo(f"expires: {when(record.expires_at)}")
+    if record.rate_limit is not None:
+        click.echo(f"rate limit: {shown(record.rate_limit)}")
     click.echo(f"\n    {issued.key}\n")
     click.echo(
         click.style("Store this key now: it is shown only once and cannot be recovered.", bold=True)
@@ -61,6 +64,11 @@ def init_db() -> None:
 )
 @click.option("--owner", help="Who the key belongs to.")
 @click.option("--expires-in", callback=duration_option, help="Lifetime, e.g. 30d, 24h, 15m.")
+@click.option(
+    "--rate-limit",
+    callback=rate_limit_option,
+    help="Requests allowed, e.g. 100/minute or '10/second;1000/hour' (default: the app's).",
+)
 @store_command
 def create(
     name: str,
@@ -68,11 +76,17 @@ def create(
     scopes: tuple[str, ...],
     owner: str | None,
     expires_in: timedelta | None,
+    rate_limit: str | None,
 ) -> None:
     """Create a key and print it, once."""
     expires_at = None if expires_in is None else utcnow() + expires_in
     issued = store().create_key(
-        name, key_type=key_type, scopes=scopes, owner=owner, expires_at=expires_at
+        name,
+        key_type=key_type,
+        scopes=scopes,
+        owner=owner,
+        expires_at=expires_at,
+        rate_limit=rate_limit,
     )
     _show_issued(issued, "Created")
 
@@ -82,7 +96,7 @@ def create(
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @store_command
 def list_keys(include_revoked: bool, as_json: bool) -> None:
-    """List keys: id, prefix, name, type, scopes, created, last used, state."""
+    """List keys: id, prefix, name, type, scopes, rate limit, created, last used, state."""
     records = store().list_keys(include_revoked=include_revoked)
     now = utcnow()
     if as_json:
@@ -91,7 +105,17 @@ def list_keys(include_revoked: bool, as_json: bool) -> None:
     if not records:
         click.echo("No keys." if include_revoked else "No active keys (--all shows revoked ones).")
         return
-    header = ("ID", "PREFIX", "NAME", "TYPE", "SCOPES", "CREATED", "LAST USED", "STATE")
+    header = (
+        "ID",
+        "PREFIX",
+        "NAME",
+        "TYPE",
+        "SCOPES",
+        "RATE LIMIT",
+        "CREATED",
+        "LAST USED",
+        "STATE",
+    )
     rows = [header] + [
         (
             record.id,
@@ -99,6 +123,7 @@ def list_keys(include_revoked: bool, as_json: bool) -> None:
             shown(record.name),
             record.key_type,
             shown(" ".join(record.scopes)) if record.scopes else "-",
+            shown(record.rate_limit),
             when(record.created_at),
             when(record.last_used_at),
             state_text(record, now),
@@ -131,6 +156,7 @@ def show(key_id: str, as_json: bool) -> None:
         ("type", record.key_type),
         ("scopes", shown(" ".join(record.scopes)) if record.scopes else "-"),
         ("owner", shown(record.owner)),
+        ("limit", shown(record.rate_limit)),
         ("created", when(record.created_at)),
         ("expires", when(record.expires_at)),
         ("revoked", when(record.revoked_at)),
