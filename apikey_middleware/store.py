@@ -9,6 +9,7 @@ of HTTP: it manages key records here, hands the request path to its
 
 from __future__ import annotations
 
+import enum
 import os
 import typing as t
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,6 +38,17 @@ from .verifier import DEFAULT_CACHE_SIZE, Verifier
 
 _CREATE_ATTEMPTS = 3
 _SCHEMA_TIMEOUT = 60.0
+
+
+class Unset(enum.Enum):
+    """The type of :data:`UNSET`."""
+
+    UNSET = enum.auto()
+
+
+#: "Not given" for :meth:`SQLAlchemyKeyStore.update_key`, where ``None``
+#: means something (no rate limit of its own).
+UNSET: t.Final = Unset.UNSET
 
 
 class SQLAlchemyKeyStore:
@@ -360,6 +372,38 @@ class SQLAlchemyKeyStore:
             replaces=old.id,
             retire=retire,
         )
+
+    def update_key(self, key_id: str, *, rate_limit: str | Unset | None = UNSET) -> KeyRecord:
+        """Change what is given of ``key_id``'s record, nothing else.
+
+        The change holds from the next request in every process that uses
+        this database, as a revoke does.
+
+        :param rate_limit: its own rate limit in the ``limits`` notation, or
+            ``None`` for none (the middleware's ``default_rate_limit``
+            applies).
+        :raises KeyNotFoundError: no key has this id.
+        :raises ValueError: a bad value, or the key is revoked.
+        """
+        changes: dict[str, object] = {}
+        if rate_limit is not UNSET:
+            changes["rate_limit"] = check_rate_limit("rate_limit", rate_limit)
+        if not isinstance(key_id, str) or not is_key_id(key_id):
+            raise KeyNotFoundError(str(key_id))
+        with self._session() as session, session.begin():
+            if changes:
+                session.execute(
+                    sa.update(ApiKey)
+                    .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                    .values(**changes)
+                )
+            model = session.get(ApiKey, key_id)
+            if model is None:
+                raise KeyNotFoundError(key_id)
+            if model.revoked_at is not None and changes:
+                raise ValueError(f"key {key_id!r} is revoked and cannot be changed")
+            announce(session.connection(), key_id)
+            return KeyRecord.from_model(model)
 
     # -- usage -----------------------------------------------------------
 

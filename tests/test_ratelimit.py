@@ -461,3 +461,73 @@ def test_create_refuses_a_bad_rate_limit_in_one_line(
     assert "Traceback" not in result.output
     assert sum(line.startswith("Error") for line in result.stderr.splitlines()) == 1
     assert sqlite_store.list_keys() == []
+
+
+# -- update_key ---------------------------------------------------------------
+
+
+def test_update_key_changes_the_limit_for_every_process_from_the_next_request(
+    store: SQLAlchemyKeyStore, store_factory: StoreFactory, database_url: str
+) -> None:
+    issued = store.create_key("n", scopes=["a"], rate_limit="1/minute")
+    server = store_factory(database_url, schema=False)
+    client = guarded(server)
+    assert client.get("/", headers=bearer(issued.key)).status_code == 200
+    assert client.get("/", headers=bearer(issued.key)).status_code == 429
+    record = store.update_key(issued.id, rate_limit="3/minute")
+    assert (record.rate_limit, record.name, record.scopes) == ("3/minute", "n", ("a",))
+    response = client.get("/", headers=bearer(issued.key))
+    assert response.status_code == 200
+    assert response.headers["X-RateLimit-Limit"] == "3"
+    assert store.update_key(issued.id, rate_limit=None).rate_limit is None
+    response = client.get("/", headers=bearer(issued.key))
+    assert "X-RateLimit-Limit" not in response.headers
+    assert store.update_key(issued.id).rate_limit is None  # nothing given, nothing changed
+
+
+def test_update_key_refuses_bad_values_unknown_ids_and_revoked_keys(
+    sqlite_store: SQLAlchemyKeyStore,
+) -> None:
+    from apikey_middleware import KeyNotFoundError
+
+    issued = sqlite_store.create_key("n", rate_limit="1/minute")
+    with pytest.raises(ValueError, match="rate_limit"):
+        sqlite_store.update_key(issued.id, rate_limit="lots")
+    with pytest.raises(KeyNotFoundError):
+        sqlite_store.update_key(generate_key("test").key_id, rate_limit="1/minute")
+    sqlite_store.revoke(issued.id)
+    with pytest.raises(ValueError, match="revoked"):
+        sqlite_store.update_key(issued.id, rate_limit="5/minute")
+    record = sqlite_store.get_key(issued.id)
+    assert record is not None
+    assert record.rate_limit == "1/minute"
+
+
+def test_the_update_command_sets_and_clears_a_rate_limit(
+    sqlite_store: SQLAlchemyKeyStore, sqlite_url: str
+) -> None:
+    issued = sqlite_store.create_key("n")
+    runner = CliRunner()
+
+    def run(*args: str) -> t.Any:
+        return runner.invoke(main, ["--database-url", sqlite_url, *args])
+
+    result = run("update", issued.id, "--rate-limit", "100/minute")
+    assert result.exit_code == 0, result.output
+    assert "rate limit 100/minute" in result.stdout
+    assert run("update", issued.id, "--rate-limit", "none").exit_code == 0
+    record = sqlite_store.get_key(issued.id)
+    assert record is not None
+    assert record.rate_limit is None
+    for args, code in (
+        (["update", issued.id], 2),
+        (["update", issued.id, "--rate-limit", "lots"], 2),
+        (["update", generate_key("test").key_id, "--rate-limit", "1/minute"], 1),
+    ):
+        result = run(*args)
+        assert result.exit_code == code, result.output
+        assert "Traceback" not in result.output
+        assert sum(line.startswith("Error") for line in result.stderr.splitlines()) == 1
+    assert (
+        issued.key not in run("update", issued.key, "--rate-limit", "1/hour").output
+    )  # never echoed

@@ -1,4 +1,4 @@
-"""Commands on keys: init-db, create, list, show, revoke, rotate."""
+"""Commands on keys: init-db, create, list, show, update, revoke, rotate."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import click
 from .. import leaks
 from .._time import utcnow
 from ..keys import KEY_TYPES
+from ..ratelimit import check_rate_limit
 from ..records import IssuedKey
 from ._common import (
     duration_option,
@@ -210,3 +211,25 @@ def rotate(key_id: str, grace: timedelta) -> None:
         click.echo(f"The old key {key_id} is revoked.")
     else:
         click.echo(f"The old key {key_id} keeps working until {when(old.expires_at)}.")
+
+
+@click.command()
+@click.argument("key_id", metavar="ID")
+@click.option(
+    "--rate-limit",
+    help="Requests allowed, e.g. 100/minute or '10/second;1000/hour'; 'none': the app's default.",
+)
+@store_command
+def update(key_id: str, rate_limit: str | None) -> None:
+    """Change a key: from the next request on, in every process."""
+    if rate_limit is None:
+        raise click.UsageError("nothing to change: give --rate-limit")
+    limit = None if rate_limit.strip().lower() == "none" else rate_limit
+    try:
+        check_rate_limit("rate limit", limit)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="'--rate-limit'") from None
+    record = store().update_key(get_record(key_id).id, rate_limit=limit)
+    click.echo(
+        f"Updated key {record.id} ({shown(record.name)}): rate limit {shown(record.rate_limit)}."
+    )
