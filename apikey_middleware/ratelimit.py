@@ -292,9 +292,14 @@ class CounterStorage:
 
     @property
     def shared(self) -> bool:
-        """Whether counts are shared right now (a storage other than memory,
-        answering)."""
-        return self._shared is not None and self._down_since is None
+        """Whether counts go to a storage other processes share (Redis)."""
+        return self._shared is not None
+
+    @property
+    def available(self) -> bool:
+        """Whether that storage answered last time (while it does not,
+        counts are kept in this process's memory)."""
+        return self._down_since is None
 
     def hit(self, windows: Sequence[tuple[str, float]]) -> list[Count]:
         """Add one to each counter (a name and its window in seconds): one
