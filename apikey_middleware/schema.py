@@ -15,6 +15,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .changes import install_notify_trigger
 from .keys import ID_LENGTH
 
 #: The longest key name and owner.
@@ -163,7 +164,12 @@ ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
 
 def upgrade(connection: Connection) -> list[str]:
     """Create missing tables and add the columns a database made by an
-    earlier release lacks; the ``table.column`` names added. Idempotent."""
+    earlier release lacks; the ``table.column`` names added. Idempotent.
+
+    On PostgreSQL it also (re)makes the trigger that announces changes to
+    the keys table made by plain SQL (see
+    :func:`~apikey_middleware.changes.install_notify_trigger`).
+    """
     metadata.create_all(connection)
     inspector = sa.inspect(connection)
     added = []
@@ -176,4 +182,5 @@ def upgrade(connection: Connection) -> list[str]:
         name = connection.dialect.identifier_preparer.format_table(table)
         connection.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {column}")
         added.append(f"{table_name}.{column_name}")
+    install_notify_trigger(connection)
     return added
