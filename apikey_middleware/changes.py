@@ -278,12 +278,32 @@ class PostgresNotifications(ChangeChannel):
             thread.join(timeout=3 * self.heartbeat)
 
 
+def default_revocation(engine: Engine) -> Revocation:
+    """The mode a store runs in when not told: ``"channel"`` where the
+    channel keeps immediate mode's guarantee (a SQLite file: the very next
+    request after a commit, in any process, whatever SQL made it), else
+    ``"immediate"``."""
+    return "channel" if _sqlite_file(engine.url) else "immediate"
+
+
+def _sqlite_file(url: sa.URL) -> bool:
+    # A plain path: an in-memory database, or a "file:" URI that the change
+    # connection would open as another file, has no data_version to share.
+    database = url.database
+    return (
+        url.get_backend_name() == "sqlite"
+        and database not in (None, "", ":memory:")
+        and not str(database).startswith("file:")
+        and "uri" not in url.query
+    )
+
+
 def channel_for(engine: Engine, *, poll_interval: float, timeout: float) -> ChangeChannel:
     """The best channel the engine's database offers."""
     url = engine.url
     backend = url.get_backend_name()
-    if backend == "sqlite" and url.database not in (None, "", ":memory:"):
-        return SQLiteDataVersion(url.database, timeout)
+    if _sqlite_file(url):
+        return SQLiteDataVersion(t.cast(str, url.database), timeout)
     if backend == "postgresql" and url.get_driver_name() == "psycopg":
         return PostgresNotifications(engine)
     return PollingChannel(poll_interval)

@@ -63,7 +63,9 @@ def _key_types(name: str, value: object) -> tuple[str, ...]:
     return types
 
 
-def _revocation(name: str, value: object) -> str:
+def _revocation(name: str, value: object) -> str | None:
+    if value is None:
+        return None
     if value not in REVOCATION_MODES:
         raise ValueError(f"{name} must be one of {', '.join(REVOCATION_MODES)}, not {value!r}")
     return str(value)
@@ -97,7 +99,7 @@ SETTINGS: dict[str, tuple[object, Callable[[str, t.Any], t.Any]]] = {
     "APIKEY_HIDE_CREDENTIALS": (False, _flag),
     "APIKEY_PREFLIGHT": (False, _flag),
     "APIKEY_LOG_USAGE": (True, _flag),
-    "APIKEY_REVOCATION": ("immediate", _revocation),
+    "APIKEY_REVOCATION": (None, _revocation),
     "APIKEY_POLL_INTERVAL": (1.0, _number),
     "APIKEY_THROTTLE_LIMIT": (0, _integer(0)),
     "APIKEY_THROTTLE_WINDOW": (60, _number),
@@ -121,7 +123,7 @@ class Settings:
     hide_credentials: bool
     preflight: bool
     log_usage: bool
-    revocation: t.Literal["immediate", "channel"]
+    revocation: t.Literal["immediate", "channel"] | None
     poll_interval: float
     throttle_limit: int
     throttle_window: float

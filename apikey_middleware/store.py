@@ -24,7 +24,14 @@ from sqlalchemy.orm import Session
 from ._checks import integer, number
 from ._engine import create_store_engine
 from ._time import check_aware, utcnow
-from .changes import REVOCATION_MODES, ChangeChannel, Revocation, announce, channel_for
+from .changes import (
+    REVOCATION_MODES,
+    ChangeChannel,
+    Revocation,
+    announce,
+    channel_for,
+    default_revocation,
+)
 from .errors import KeyNotFoundError
 from .hashing import DEFAULT_ROUNDS, KeyHasher
 from .keys import KEY_TYPES, ParsedKey, generate_key, is_key_id, shown_safely
@@ -66,12 +73,15 @@ class SQLAlchemyKeyStore:
     :param cache_size: how many verified keys each process remembers, so
         bcrypt runs once per key rather than once per request; as many
         recently failed keys; and, in channel mode, as many key rows.
-    :param revocation: ``"immediate"`` (the default) reads the key's row on
-        every request, so a revoke holds for the very next request in every
+    :param revocation: ``"immediate"`` reads the key's row on every
+        request, so a revoke holds for the very next request in every
         process. ``"channel"`` keeps rows in memory and rereads them only
         when :mod:`~apikey_middleware.changes` says the database changed:
         at once on SQLite, when the notification arrives on PostgreSQL
         (milliseconds), within ``poll_interval`` on MySQL and MariaDB.
+        ``None`` (the default): ``"channel"`` for a SQLite file, where it
+        keeps the very-next-request guarantee at a lower cost, else
+        ``"immediate"``.
     :param poll_interval: seconds a cached row may be used where the
         database offers no change notice (MySQL, MariaDB).
     :param bcrypt_concurrency: how many bcrypt checks may run at once in
@@ -103,11 +113,11 @@ class SQLAlchemyKeyStore:
         pepper: bytes | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
         timeout: float = 5.0,
-        revocation: Revocation = "immediate",
+        revocation: Revocation | None = None,
         poll_interval: float = 1.0,
         bcrypt_concurrency: int | None = None,
     ) -> None:
-        if revocation not in REVOCATION_MODES:
+        if revocation is not None and revocation not in REVOCATION_MODES:
             raise ValueError(
                 f"revocation must be one of {', '.join(REVOCATION_MODES)}, not {revocation!r}"
             )
@@ -125,7 +135,10 @@ class SQLAlchemyKeyStore:
             self.engine = create_store_engine(url_or_engine, timeout=timeout)
             self._owns_engine = True
         self.timeout = timeout
-        self.revocation = revocation
+        if revocation is None:
+            revocation = default_revocation(self.engine)
+        #: ``"immediate"`` or ``"channel"``: the mode the store runs in.
+        self.revocation: Revocation = revocation
         #: Where channel mode hears of changes (``None`` in immediate mode).
         self.channel: ChangeChannel | None = None
         if revocation == "channel":

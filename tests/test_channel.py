@@ -256,3 +256,42 @@ def test_create_schema_again_keeps_one_trigger(admin: SQLAlchemyKeyStore) -> Non
             )
         ).scalars()
         assert list(names) == ["apikey_keys_changed", "apikey_keys_truncated"]
+
+
+@pytest.mark.parametrize(
+    ("url", "mode"),
+    [
+        ("sqlite:///{folder}/keys.db", "channel"),
+        ("sqlite://", "immediate"),
+        ("sqlite:///file:{folder}/uri.db?uri=true", "immediate"),
+    ],
+)
+def test_sqlite_files_default_to_channel_mode_and_nothing_else_does(
+    tmp_path: t.Any, url: str, mode: str
+) -> None:
+    store = SQLAlchemyKeyStore(url.format(folder=tmp_path), bcrypt_rounds=TEST_ROUNDS)
+    assert store.revocation == mode
+    assert (store.channel is not None) == (mode == "channel")
+    store.close()
+
+
+def test_the_default_sqlite_store_refuses_at_once_a_key_revoked_by_hand_elsewhere(
+    sqlite_url: str, store_factory: StoreFactory
+) -> None:
+    server = store_factory(sqlite_url)  # the defaults
+    assert isinstance(server.channel, SQLiteDataVersion)
+    issued = server.create_key("n")
+    key = parsed(issued.key)
+    for _ in range(3):
+        assert accepts(server, key)
+    reads = Statements(server)
+    assert accepts(server, key)
+    assert reads.key_reads == 0  # from memory while nothing changes
+    revoke_by_hand(sqlite_url, issued.id)
+    assert not accepts(server, key)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql", "mysql"], indirect=True)
+def test_database_servers_default_to_immediate_mode(store: SQLAlchemyKeyStore) -> None:
+    assert store.revocation == "immediate"
+    assert store.channel is None
