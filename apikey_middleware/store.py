@@ -55,7 +55,7 @@ class Unset(enum.Enum):
 
 #: "Not given" for :meth:`SQLAlchemyKeyStore.update_key`, where ``None``
 #: means something (no rate limit of its own).
-UNSET: t.Final = Unset.UNSET
+UNSET = Unset.UNSET
 
 
 class SQLAlchemyKeyStore:

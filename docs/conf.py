@@ -89,14 +89,15 @@ nitpick_ignore_regex = [
     # Libraries the package builds on.
     (
         "py:(class|exc|func|meth|attr|mod|obj|data)",
-        r"(werkzeug|sqlalchemy|flask|click|cryptography)(\..+)?",
+        r"(werkzeug|sqlalchemy|flask|click|cryptography|limits|redis)(\..+)?",
     ),
     # Annotations Sphinx shows as written, unevaluated: names imported only
     # under `if t.TYPE_CHECKING:` (typeshed's WSGI types are not importable at
     # run time) and the fields of NamedTuples.
     (
         "py:class",
-        r"WSGIApplication|WSGIEnvironment|StartResponse|Engine|Connection|Response|datetime",
+        r"WSGIApplication|WSGIEnvironment|StartResponse|Engine|Connection|Response|datetime"
+        r"|RateLimitItem|Revocation",
     ),
     # Type variables and private base classes (shown in "Bases:") have no page.
     ("py:class", r"apikey_middleware\.[\w.]*\.(F|_\w+)"),

@@ -94,3 +94,20 @@ def test_secret_scanning_snippet_mounts_the_endpoint(readme: dict[str, t.Any]) -
 
 def test_readme_says_a_split_key_is_not_found() -> None:
     assert "split across lines" in README.read_text()
+
+
+def test_rate_limit_snippets(readme: dict[str, t.Any]) -> None:
+    limited = readme["limited"]
+    record = readme["store"].get_key(limited.id)
+    assert record.rate_limit == "100/minute"
+    client = Client(readme["rate_limited"])
+    headers = {"Authorization": f"Bearer {limited.key}"}
+    response = client.get("/v1/clients", headers=headers)
+    assert response.status_code == 200
+    assert response.headers["X-RateLimit-Limit"] == "100"
+    shared = readme["shared"]
+    storage = shared.rate_limiter.storage
+    assert storage.shared
+    assert shared.throttle.storage is storage  # the throttle counts in the same Redis
+    assert shared.rate_limiter.default == "100/minute"
+    storage.close()
