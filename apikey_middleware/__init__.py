@@ -1,6 +1,7 @@
 """API-key authentication for any WSGI application."""
 
 from .backend import KeyBackend as KeyBackend
+from .counters import CounterStorage as CounterStorage
 from .errors import ApiKeyError as ApiKeyError
 from .errors import BadRequestError as BadRequestError
 from .errors import ForbiddenError as ForbiddenError
@@ -17,7 +18,6 @@ from .leaks import LeakedKey as LeakedKey
 from .leaks import LeakRecord as LeakRecord
 from .middleware import ApiKeyMiddleware as ApiKeyMiddleware
 from .principal import Principal as Principal
-from .ratelimit import CounterStorage as CounterStorage
 from .ratelimit import RateLimiter as RateLimiter
 from .records import IssuedKey as IssuedKey
 from .records import KeyRecord as KeyRecord

@@ -8,6 +8,7 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 
 from ._checks import integer
+from .counters import DEFAULT_STORAGE, CounterStorage
 from .errors import (
     ApiKeyError,
     BadRequestError,
@@ -21,7 +22,7 @@ from .errors import (
 )
 from .keys import KEY_TYPES
 from .principal import Principal
-from .ratelimit import DEFAULT_STORAGE, CounterStorage, Quota, RateLimiter
+from .ratelimit import Quota, RateLimiter
 from .rules import AccessRule, RuleTable, Verdict
 from .throttle import FailureThrottle
 from .usage import UsageSink, UsageWriter
@@ -136,7 +137,7 @@ class ApiKeyMiddleware:
     :param rate_limit_storage: where rate limits are counted: ``"memory://"``
         (each process on its own), a Redis URI (``"redis://host:6379/0"``,
         shared by every process and host that uses it), or a
-        :class:`~apikey_middleware.ratelimit.CounterStorage`. See
+        :class:`~apikey_middleware.counters.CounterStorage`. See
         :mod:`~apikey_middleware.ratelimit`.
 
     .. code-block:: python

@@ -12,9 +12,10 @@ from sqlalchemy import exc
 
 from ._checks import integer, number
 from .changes import REVOCATION_MODES
+from .counters import DEFAULT_STORAGE, CounterStorage, storage_scheme
 from .hashing import DEFAULT_ROUNDS
 from .keys import KEY_TYPES
-from .ratelimit import DEFAULT_STORAGE, CounterStorage, check_rate_limit, storage_scheme
+from .ratelimit import check_rate_limit
 from .verifier import DEFAULT_CACHE_SIZE
 
 

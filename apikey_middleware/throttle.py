@@ -1,6 +1,6 @@
 """Failed-attempt throttling: a client address that keeps guessing gets 429.
 
-Failures are counted in a :class:`~apikey_middleware.ratelimit.CounterStorage`:
+Failures are counted in a :class:`~apikey_middleware.counters.CounterStorage`:
 in this process's memory by default (behind ``N`` processes a client then
 has up to ``N * limit`` failures per window), or in Redis, shared by every
 process and host that uses it, so the limit holds for the whole service.
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from ._checks import integer, number
-from .ratelimit import CounterStorage
+from .counters import CounterStorage
 
 # Client addresses are at most 45 characters (IPv6); whatever a proxy
 # forwards beyond that names no one and must not make long storage keys.
@@ -41,7 +41,7 @@ class FailureThrottle:
     :param limit: failed attempts allowed per window.
     :param window: the window's length in seconds.
     :param storage: where failures are counted: a
-        :class:`~apikey_middleware.ratelimit.CounterStorage` or its URI.
+        :class:`~apikey_middleware.counters.CounterStorage` or its URI.
         ``None``: this process's memory, unless the
         :class:`~apikey_middleware.middleware.ApiKeyMiddleware` it is given
         to counts rate limits in a shared storage, which it then uses too.
