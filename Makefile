@@ -13,7 +13,7 @@ PIP := $(BIN)/python -m pip install --quiet --no-compile
 # remade when pyproject.toml or setup.cfg changes. Only `make run` does with
 # fewer than all the extras: the tests, the docs (which import every module)
 # and the benchmarks need them all. A new extra is added to EXTRAS.
-EXTRAS := flask,postgresql,mysql,secret-scanning,dashboard
+EXTRAS := flask,postgresql,mysql,secret-scanning,dashboard,redis
 run_EXTRAS := flask,dashboard
 docs_EXTRAS := $(EXTRAS)
 docs_GROUPS := docs

@@ -1,12 +1,14 @@
 """API-key authentication for any WSGI application."""
 
 from .backend import KeyBackend as KeyBackend
+from .counters import CounterStorage as CounterStorage
 from .errors import ApiKeyError as ApiKeyError
 from .errors import BadRequestError as BadRequestError
 from .errors import ForbiddenError as ForbiddenError
 from .errors import InvalidKeyError as InvalidKeyError
 from .errors import KeyNotFoundError as KeyNotFoundError
 from .errors import MissingKeyError as MissingKeyError
+from .errors import RateLimitedError as RateLimitedError
 from .errors import RejectedKeyError as RejectedKeyError
 from .errors import ServiceUnavailableError as ServiceUnavailableError
 from .errors import StoreError as StoreError
@@ -16,6 +18,7 @@ from .leaks import LeakedKey as LeakedKey
 from .leaks import LeakRecord as LeakRecord
 from .middleware import ApiKeyMiddleware as ApiKeyMiddleware
 from .principal import Principal as Principal
+from .ratelimit import RateLimiter as RateLimiter
 from .records import IssuedKey as IssuedKey
 from .records import KeyRecord as KeyRecord
 from .rules import RuleTable as RuleTable
@@ -30,6 +33,7 @@ __all__ = [
     "ApiKeyError",
     "ApiKeyMiddleware",
     "BadRequestError",
+    "CounterStorage",
     "FailureThrottle",
     "ForbiddenError",
     "InvalidKeyError",
@@ -41,6 +45,8 @@ __all__ = [
     "LeakedKey",
     "MissingKeyError",
     "Principal",
+    "RateLimitedError",
+    "RateLimiter",
     "RejectedKeyError",
     "RuleTable",
     "SQLAlchemyKeyStore",

@@ -14,7 +14,9 @@ read with.
   very next request.
 - PostgreSQL (psycopg 3): ``LISTEN`` on a connection of its own, in a
   background thread. The store sends ``NOTIFY`` in the same transaction as
-  every create, revoke and rotate, so a change is heard when it commits.
+  every create, revoke and rotate, and a trigger on the keys table (made by
+  ``create_schema()``, see :func:`install_notify_trigger`) does for any
+  other SQL that changes a key, so a change is heard when it commits.
 - Anything else (MySQL, MariaDB): time slices of ``poll_interval`` seconds;
   a row is read at most once per slice, so a change is seen within one.
 """
@@ -53,6 +55,54 @@ def announce(connection: Connection, key_id: str) -> None:
     """
     if connection.dialect.name == "postgresql":
         connection.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, key_id)))
+
+
+# Every column but last_used_at, which the usage writer moves every second:
+# announcing that would make every channel-mode process drop its rows.
+_WATCHED = (
+    "id, name, key_type, key_hash, key_check, scopes, owner, created_at,"
+    " expires_at, revoked_at, replaces, rate_limit"
+)
+_NOTIFY_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION apikey_keys_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        PERFORM pg_notify('{NOTIFY_CHANNEL}', '*');
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('{NOTIFY_CHANNEL}', OLD.id);
+    ELSE
+        PERFORM pg_notify('{NOTIFY_CHANNEL}', NEW.id);
+    END IF;
+    RETURN NULL;
+END $$"""
+_TRIGGERS = (
+    (
+        "apikey_keys_changed",
+        f"AFTER INSERT OR DELETE OR UPDATE OF {_WATCHED} ON {{table}} FOR EACH ROW",
+    ),
+    ("apikey_keys_truncated", "AFTER TRUNCATE ON {table} FOR EACH STATEMENT"),
+)
+
+
+def install_notify_trigger(connection: Connection, table: str = "apikey_keys") -> bool:
+    """On PostgreSQL, make (or make again) the triggers that send
+    ``NOTIFY apikey_changes`` for every change to the keys table, whatever
+    SQL made it; elsewhere do nothing. ``True`` if installed.
+
+    ``create_schema()`` (``apikey init-db``) calls it; with Alembic, call it
+    from a migration (``install_notify_trigger(op.get_bind())``).
+    """
+    if connection.dialect.name != "postgresql":
+        return False
+    name = connection.dialect.identifier_preparer.quote(table)
+    connection.exec_driver_sql(_NOTIFY_FUNCTION)
+    for trigger, when in _TRIGGERS:
+        connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {trigger} ON {name}")
+        connection.exec_driver_sql(
+            f"CREATE TRIGGER {trigger} {when.format(table=name)}"
+            " EXECUTE FUNCTION apikey_keys_notify()"
+        )
+    return True
 
 
 class ChangeChannel:
@@ -228,12 +278,32 @@ class PostgresNotifications(ChangeChannel):
             thread.join(timeout=3 * self.heartbeat)
 
 
+def default_revocation(engine: Engine) -> Revocation:
+    """The mode a store runs in when not told: ``"channel"`` where the
+    channel keeps immediate mode's guarantee (a SQLite file: the very next
+    request after a commit, in any process, whatever SQL made it), else
+    ``"immediate"``."""
+    return "channel" if _sqlite_file(engine.url) else "immediate"
+
+
+def _sqlite_file(url: sa.URL) -> bool:
+    # A plain path: an in-memory database, or a "file:" URI that the change
+    # connection would open as another file, has no data_version to share.
+    database = url.database
+    return (
+        url.get_backend_name() == "sqlite"
+        and database not in (None, "", ":memory:")
+        and not str(database).startswith("file:")
+        and "uri" not in url.query
+    )
+
+
 def channel_for(engine: Engine, *, poll_interval: float, timeout: float) -> ChangeChannel:
     """The best channel the engine's database offers."""
     url = engine.url
     backend = url.get_backend_name()
-    if backend == "sqlite" and url.database not in (None, "", ":memory:"):
-        return SQLiteDataVersion(url.database, timeout)
+    if _sqlite_file(url):
+        return SQLiteDataVersion(t.cast(str, url.database), timeout)
     if backend == "postgresql" and url.get_driver_name() == "psycopg":
         return PostgresNotifications(engine)
     return PollingChannel(poll_interval)

@@ -9,7 +9,8 @@
   - :class:`BadRequestError` (400), :class:`MissingKeyError` (401),
     :class:`InvalidKeyError` (401; :class:`RejectedKeyError` for a known
     id), :class:`ForbiddenError` (403), :class:`TooManyRequestsError`
-    (429), :class:`ServiceUnavailableError` (503).
+    (429, failed attempts), :class:`RateLimitedError` (429, a key over its
+    rate limit), :class:`ServiceUnavailableError` (503).
 
 - :class:`StoreError`: what a key store reports, knowing nothing of HTTP.
 
@@ -37,6 +38,8 @@ from .keys import holds_key
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
     from werkzeug.wrappers import Response
+
+    from .ratelimit import Quota
 
 REALM = "api"
 
@@ -203,6 +206,22 @@ class TooManyRequestsError(_RetryLaterError):
     code = "TOO_MANY_REQUESTS"
     status = 429
     message = "Too many failed authentication attempts, please retry later"
+
+
+class RateLimitedError(_RetryLaterError):
+    """A valid key over its rate limit (see :mod:`~apikey_middleware.ratelimit`)."""
+
+    code = "RATE_LIMITED"
+    status = 429
+    message = "Rate limit exceeded for this API key"
+
+    def __init__(self, quota: Quota) -> None:
+        super().__init__(quota.retry_after)
+        #: Where the key stands against the limit it is over.
+        self.quota = quota
+
+    def get_headers(self) -> list[tuple[str, str]]:
+        return [*super().get_headers(), *self.quota.headers()]
 
 
 class StoreError(Exception):

@@ -8,6 +8,7 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 
 from ._checks import integer
+from .counters import DEFAULT_STORAGE, CounterStorage
 from .errors import (
     ApiKeyError,
     BadRequestError,
@@ -21,6 +22,7 @@ from .errors import (
 )
 from .keys import KEY_TYPES
 from .principal import Principal
+from .ratelimit import Quota, RateLimiter
 from .rules import AccessRule, RuleTable, Verdict
 from .throttle import FailureThrottle
 from .usage import UsageSink, UsageWriter
@@ -58,6 +60,18 @@ def bearer_token(header: str) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return token.lstrip(" ") or None
+
+
+def _adding_headers(start_response: StartResponse, extra: list[tuple[str, str]]) -> StartResponse:
+    """``start_response`` that adds ``extra`` to the app's headers, replacing
+    any of the same names."""
+    names = {name.lower() for name, _ in extra}
+
+    def start(status: str, headers: list[tuple[str, str]], exc_info: t.Any = None) -> t.Any:
+        kept = [(name, value) for name, value in headers if name.lower() not in names]
+        return start_response(status, [*kept, *extra], exc_info)
+
+    return t.cast("StartResponse", start)
 
 
 def _status_code(status: str) -> int:
@@ -112,7 +126,19 @@ class ApiKeyMiddleware:
         a client address with too many invalid keys in its window gets 429
         with ``Retry-After`` for them, while its valid keys still pass. Off
         by default, since behind a proxy every client has the proxy's
-        address.
+        address. One made without a storage of its own counts in
+        ``rate_limit_storage`` when that is shared (Redis).
+    :param default_rate_limit: the rate limit of keys without one of their
+        own, in the ``limits`` notation (``"100/minute"``,
+        ``"10/second;1000/hour"``); ``None``: such keys are not limited. A
+        key over its limit gets 429 ``RATE_LIMITED`` with ``Retry-After``;
+        every response to a limited key carries ``X-RateLimit-Limit``,
+        ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset``.
+    :param rate_limit_storage: where rate limits are counted: ``"memory://"``
+        (each process on its own), a Redis URI (``"redis://host:6379/0"``,
+        shared by every process and host that uses it), or a
+        :class:`~apikey_middleware.counters.CounterStorage`. See
+        :mod:`~apikey_middleware.ratelimit`.
 
     .. code-block:: python
 
@@ -147,6 +173,8 @@ class ApiKeyMiddleware:
         usage_writer: UsageWriter | None = None,
         throttle: FailureThrottle | None = None,
         retry_after: int = 5,
+        default_rate_limit: str | None = None,
+        rate_limit_storage: str | CounterStorage = DEFAULT_STORAGE,
     ) -> None:
         self.app = app
         self.store = store
@@ -174,6 +202,12 @@ class ApiKeyMiddleware:
             usage_writer = UsageWriter(t.cast(UsageSink, store))
         #: Where requests with a known key id are logged (``None``: nowhere).
         self.usage = usage_writer if log_usage else None
+        self._owns_storage = not isinstance(rate_limit_storage, CounterStorage)
+        #: Counts the requests of keys with a rate limit.
+        self.rate_limiter = RateLimiter(rate_limit_storage, default=default_rate_limit)
+        storage = self.rate_limiter.storage
+        if throttle is not None and not throttle.storage_given and storage.shared:
+            throttle = throttle.counting_in(storage)
         self.throttle = throttle
 
     def __repr__(self) -> str:
@@ -221,6 +255,16 @@ class ApiKeyMiddleware:
         ):
             raise ForbiddenError(scopes)
 
+    def limit(self, principal: Principal) -> Quota | None:
+        """Count a request of ``principal`` against its key's rate limit.
+
+        :returns: where the key stands, for the ``X-RateLimit-*`` headers,
+            or ``None`` if no limit applies to it.
+        :raises ~apikey_middleware.errors.RateLimitedError: the key is over
+            its limit.
+        """
+        return self.rate_limiter.check(principal.key_id, principal.rate_limit)
+
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         scopes = self._needs(environ)
         if scopes is Verdict.PUBLIC or (
@@ -233,39 +277,27 @@ class ApiKeyMiddleware:
             return self.app(environ, start_response)
         if scopes is Verdict.BAD_REQUEST:
             return self._refuse(BadRequestError(), None, environ, start_response)
-        throttle = self.throttle
-        address = ""
-        over: int | None = None
-        if throttle is not None and environ.get("HTTP_AUTHORIZATION"):
-            address = environ.get("REMOTE_ADDR") or ""
-            over = throttle.attempt(address)
-        else:
-            throttle = None
         key_id = None
         try:
             principal = self.authenticate(environ)
             key_id = principal.key_id
             self.authorize(principal, scopes)
+            quota = self.limit(principal)
         except ApiKeyError as error:
             if isinstance(error, RejectedKeyError):
                 key_id = error.key_id
-            if throttle is not None:
-                if not isinstance(error, InvalidKeyError):
-                    throttle.succeeded(address)
-                elif over is not None:
+            if self.throttle is not None and isinstance(error, InvalidKeyError):
+                over = self.throttle.attempt(environ.get("REMOTE_ADDR") or "")
+                if over is not None:
                     error = TooManyRequestsError(over)
             return self._refuse(error, key_id, environ, start_response)
         except Exception:
             # A bug or an unforeseen fault: fail closed, but say so loudly.
             logger.exception("API key check failed unexpectedly, refusing the request")
-            if throttle is not None:
-                throttle.succeeded(address)
             fault = ServiceUnavailableError(self.retry_after)
             return self._refuse(fault, None, environ, start_response)
-        if throttle is not None:
-            throttle.succeeded(address)
         environ[self.environ_key] = principal
-        return self._call_app(key_id, environ, start_response)
+        return self._call_app(key_id, environ, start_response, quota=quota)
 
     def _refuse(
         self,
@@ -302,12 +334,16 @@ class ApiKeyMiddleware:
         start_response: StartResponse,
         *,
         accepted: bool = True,
+        quota: Quota | None = None,
     ) -> Iterable[bytes]:
         if self.hide_credentials:
             environ.pop("HTTP_AUTHORIZATION", None)
+        if quota is not None:
+            start_response = _adding_headers(start_response, quota.headers())
         if key_id is None or self.usage is None:
             return self.app(environ, start_response)
         logged = False
+        inner = start_response
 
         def logging_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
@@ -316,7 +352,7 @@ class ApiKeyMiddleware:
             if not logged:
                 logged = True
                 self._record(key_id, environ, _status_code(status), accepted=accepted)
-            return start_response(status, headers, exc_info)
+            return inner(status, headers, exc_info)
 
         try:
             return self.app(environ, logging_start_response)
@@ -331,6 +367,9 @@ class ApiKeyMiddleware:
             self.usage.flush()
 
     def close(self) -> None:
-        """Flush and stop the usage writer; safe to call twice."""
+        """Flush and stop the usage writer, close a counter storage the
+        middleware made; safe to call twice."""
         if self.usage is not None:
             self.usage.close()
+        if self._owns_storage:
+            self.rate_limiter.storage.close()

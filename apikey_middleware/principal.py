@@ -71,6 +71,9 @@ class Principal:
     key_type: t.Literal["test", "live"]
     scopes: frozenset[str]
     owner: str | None = None
+    #: The key's own rate limit in the ``limits`` notation, or ``None``
+    #: (the middleware's ``default_rate_limit`` applies).
+    rate_limit: str | None = None
 
     def has_scopes(self, *scopes: str) -> bool:
         """Tell whether this key holds every one of ``scopes``."""

@@ -41,6 +41,9 @@ class KeyRecord:
     revoked_at: datetime | None
     last_used_at: datetime | None
     replaces: str | None
+    #: Its own rate limit, such as ``"100/minute"``, or ``None``: the
+    #: middleware's ``default_rate_limit`` applies.
+    rate_limit: str | None = None
 
     @property
     def prefix(self) -> str:
@@ -65,6 +68,7 @@ class KeyRecord:
             revoked_at=model.revoked_at,
             last_used_at=model.last_used_at,
             replaces=model.replaces,
+            rate_limit=model.rate_limit,
         )
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .changes import install_notify_trigger
 from .keys import ID_LENGTH
 
 #: The longest key name and owner.
@@ -24,6 +25,8 @@ MAX_PATH_LENGTH = 1000
 #: The longest leak location (a URL) and leak source kept.
 MAX_URL_LENGTH = 2000
 MAX_SOURCE_LENGTH = 100
+#: The longest rate limit a key may have, in the ``limits`` notation.
+MAX_RATE_LIMIT_LENGTH = 200
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -95,6 +98,8 @@ class ApiKey(Base):
     replaces: Mapped[str | None] = mapped_column(
         sa.String(ID_LENGTH), sa.ForeignKey("apikey_keys.id")
     )
+    # The key's own rate limit, such as "100/minute" (NULL: the default).
+    rate_limit: Mapped[str | None] = mapped_column(sa.String(MAX_RATE_LIMIT_LENGTH))
 
 
 class UsageRow(Base):
@@ -151,12 +156,20 @@ leak_reports_table = t.cast(sa.Table, LeakReport.__table__)
 
 #: Columns added since the first release, by table: :func:`upgrade` adds
 #: those that a database made by an earlier release lacks.
-ADDED_COLUMNS: tuple[tuple[str, str], ...] = (("apikey_keys", "key_check"),)
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("apikey_keys", "key_check"),
+    ("apikey_keys", "rate_limit"),
+)
 
 
 def upgrade(connection: Connection) -> list[str]:
     """Create missing tables and add the columns a database made by an
-    earlier release lacks; the ``table.column`` names added. Idempotent."""
+    earlier release lacks; the ``table.column`` names added. Idempotent.
+
+    On PostgreSQL it also (re)makes the trigger that announces changes to
+    the keys table made by plain SQL (see
+    :func:`~apikey_middleware.changes.install_notify_trigger`).
+    """
     metadata.create_all(connection)
     inspector = sa.inspect(connection)
     added = []
@@ -169,4 +182,5 @@ def upgrade(connection: Connection) -> list[str]:
         name = connection.dialect.identifier_preparer.format_table(table)
         connection.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {column}")
         added.append(f"{table_name}.{column_name}")
+    install_notify_trigger(connection)
     return added

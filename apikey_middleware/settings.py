@@ -12,8 +12,10 @@ from sqlalchemy import exc
 
 from ._checks import integer, number
 from .changes import REVOCATION_MODES
+from .counters import DEFAULT_STORAGE, CounterStorage, storage_scheme
 from .hashing import DEFAULT_ROUNDS
 from .keys import KEY_TYPES
+from .ratelimit import check_rate_limit
 from .verifier import DEFAULT_CACHE_SIZE
 
 
@@ -62,10 +64,27 @@ def _key_types(name: str, value: object) -> tuple[str, ...]:
     return types
 
 
-def _revocation(name: str, value: object) -> str:
+def _revocation(name: str, value: object) -> str | None:
+    if value is None:
+        return None
     if value not in REVOCATION_MODES:
         raise ValueError(f"{name} must be one of {', '.join(REVOCATION_MODES)}, not {value!r}")
     return str(value)
+
+
+def _rate_limit(name: str, value: object) -> str | None:
+    return check_rate_limit(name, value)
+
+
+def _storage(name: str, value: object) -> str:
+    storage_scheme(name, value)
+    return t.cast(str, value)
+
+
+def _prefix(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value or len(value) > 100 or not value.isprintable():
+        raise ValueError(f"{name} must be a short printable string, not {value!r}")
+    return value
 
 
 # name -> (default, check): the one list of settings, in the order the
@@ -81,10 +100,13 @@ SETTINGS: dict[str, tuple[object, Callable[[str, t.Any], t.Any]]] = {
     "APIKEY_HIDE_CREDENTIALS": (False, _flag),
     "APIKEY_PREFLIGHT": (False, _flag),
     "APIKEY_LOG_USAGE": (True, _flag),
-    "APIKEY_REVOCATION": ("immediate", _revocation),
+    "APIKEY_REVOCATION": (None, _revocation),
     "APIKEY_POLL_INTERVAL": (1.0, _number),
     "APIKEY_THROTTLE_LIMIT": (0, _integer(0)),
     "APIKEY_THROTTLE_WINDOW": (60, _number),
+    "APIKEY_DEFAULT_RATE_LIMIT": (None, _rate_limit),
+    "APIKEY_RATE_LIMIT_STORAGE": (DEFAULT_STORAGE, _storage),
+    "APIKEY_RATE_LIMIT_PREFIX": ("apikey", _prefix),
 }
 
 
@@ -102,14 +124,21 @@ class Settings:
     hide_credentials: bool
     preflight: bool
     log_usage: bool
-    revocation: t.Literal["immediate", "channel"]
+    revocation: t.Literal["immediate", "channel"] | None
     poll_interval: float
     throttle_limit: int
     throttle_window: float
+    default_rate_limit: str | None
+    rate_limit_storage: str
+    rate_limit_prefix: str
 
     def __repr__(self) -> str:
         # The pepper is a secret.
         return f"Settings(database_url={self.database_url!r}, revocation={self.revocation!r})"
+
+    def counter_storage(self) -> CounterStorage:
+        """The counter storage of rate limits and the throttle."""
+        return CounterStorage(self.rate_limit_storage, prefix=self.rate_limit_prefix)
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, object]) -> Settings:

@@ -9,6 +9,7 @@ of HTTP: it manages key records here, hands the request path to its
 
 from __future__ import annotations
 
+import enum
 import os
 import typing as t
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -23,11 +24,19 @@ from sqlalchemy.orm import Session
 from ._checks import integer, number
 from ._engine import create_store_engine
 from ._time import check_aware, utcnow
-from .changes import REVOCATION_MODES, ChangeChannel, Revocation, announce, channel_for
+from .changes import (
+    REVOCATION_MODES,
+    ChangeChannel,
+    Revocation,
+    announce,
+    channel_for,
+    default_revocation,
+)
 from .errors import KeyNotFoundError
 from .hashing import DEFAULT_ROUNDS, KeyHasher
 from .keys import KEY_TYPES, ParsedKey, generate_key, is_key_id, shown_safely
 from .principal import Principal, normalize_scopes
+from .ratelimit import check_rate_limit
 from .records import IssuedKey, KeyRecord, check_name
 from .schema import ApiKey, metadata, upgrade
 from .usage import UsageRecord
@@ -36,6 +45,17 @@ from .verifier import DEFAULT_CACHE_SIZE, Verifier
 
 _CREATE_ATTEMPTS = 3
 _SCHEMA_TIMEOUT = 60.0
+
+
+class Unset(enum.Enum):
+    """The type of :data:`UNSET`."""
+
+    UNSET = enum.auto()
+
+
+#: "Not given" for :meth:`SQLAlchemyKeyStore.update_key`, where ``None``
+#: means something (no rate limit of its own).
+UNSET = Unset.UNSET
 
 
 class SQLAlchemyKeyStore:
@@ -53,12 +73,15 @@ class SQLAlchemyKeyStore:
     :param cache_size: how many verified keys each process remembers, so
         bcrypt runs once per key rather than once per request; as many
         recently failed keys; and, in channel mode, as many key rows.
-    :param revocation: ``"immediate"`` (the default) reads the key's row on
-        every request, so a revoke holds for the very next request in every
+    :param revocation: ``"immediate"`` reads the key's row on every
+        request, so a revoke holds for the very next request in every
         process. ``"channel"`` keeps rows in memory and rereads them only
         when :mod:`~apikey_middleware.changes` says the database changed:
         at once on SQLite, when the notification arrives on PostgreSQL
         (milliseconds), within ``poll_interval`` on MySQL and MariaDB.
+        ``None`` (the default): ``"channel"`` for a SQLite file, where it
+        keeps the very-next-request guarantee at a lower cost, else
+        ``"immediate"``.
     :param poll_interval: seconds a cached row may be used where the
         database offers no change notice (MySQL, MariaDB).
     :param bcrypt_concurrency: how many bcrypt checks may run at once in
@@ -90,11 +113,11 @@ class SQLAlchemyKeyStore:
         pepper: bytes | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
         timeout: float = 5.0,
-        revocation: Revocation = "immediate",
+        revocation: Revocation | None = None,
         poll_interval: float = 1.0,
         bcrypt_concurrency: int | None = None,
     ) -> None:
-        if revocation not in REVOCATION_MODES:
+        if revocation is not None and revocation not in REVOCATION_MODES:
             raise ValueError(
                 f"revocation must be one of {', '.join(REVOCATION_MODES)}, not {revocation!r}"
             )
@@ -112,7 +135,10 @@ class SQLAlchemyKeyStore:
             self.engine = create_store_engine(url_or_engine, timeout=timeout)
             self._owns_engine = True
         self.timeout = timeout
-        self.revocation = revocation
+        if revocation is None:
+            revocation = default_revocation(self.engine)
+        #: ``"immediate"`` or ``"channel"``: the mode the store runs in.
+        self.revocation: Revocation = revocation
         #: Where channel mode hears of changes (``None`` in immediate mode).
         self.channel: ChangeChannel | None = None
         if revocation == "channel":
@@ -181,12 +207,18 @@ class SQLAlchemyKeyStore:
         scopes: str | Iterable[str] = (),
         owner: str | None = None,
         expires_at: datetime | None = None,
+        rate_limit: str | None = None,
     ) -> IssuedKey:
         """Make and store a new key; the returned
         :class:`~apikey_middleware.records.IssuedKey` is the only place its
         secret will ever be.
 
-        :raises ValueError: on a bad name, type, scope, owner or expiry.
+        :param rate_limit: the key's own rate limit in the ``limits``
+            notation, such as ``"100/minute"`` or ``"10/second;1000/hour"``
+            (see :mod:`~apikey_middleware.ratelimit`); ``None``: the
+            middleware's ``default_rate_limit`` applies.
+        :raises ValueError: on a bad name, type, scope, owner, expiry or
+            rate limit.
         """
         if key_type not in KEY_TYPES:
             raise ValueError(
@@ -198,6 +230,7 @@ class SQLAlchemyKeyStore:
             normalize_scopes(scopes),
             check_name("owner", owner, optional=True),
             check_aware("expires_at", expires_at),
+            check_rate_limit("rate_limit", rate_limit),
         )
 
     def _issue(
@@ -207,6 +240,7 @@ class SQLAlchemyKeyStore:
         scope_list: tuple[str, ...],
         owner: str | None,
         expires_at: datetime | None,
+        rate_limit: str | None,
         replaces: str | None = None,
         retire: Callable[[Session, datetime], None] | None = None,
     ) -> IssuedKey:
@@ -225,6 +259,7 @@ class SQLAlchemyKeyStore:
                 created_at=now,
                 expires_at=expires_at,
                 replaces=replaces,
+                rate_limit=rate_limit,
             )
             try:
                 with self._session() as session, session.begin():
@@ -301,8 +336,9 @@ class SQLAlchemyKeyStore:
             return KeyRecord.from_model(model)
 
     def rotate(self, key_id: str, *, grace: timedelta = timedelta(0)) -> IssuedKey:
-        """Replace ``key_id`` with a new key of the same name, type, scopes
-        and owner; the old key keeps working for ``grace``, then is refused.
+        """Replace ``key_id`` with a new key of the same name, type, scopes,
+        owner and rate limit; the old key keeps working for ``grace``, then
+        is refused.
 
         With ``grace=0`` the old key is revoked at once; otherwise it expires
         at ``now + grace`` (or sooner, if it was to expire before). A key
@@ -345,9 +381,42 @@ class SQLAlchemyKeyStore:
             normalize_scopes(old.scopes),  # as they are stored, checked again
             old.owner,
             None if lifetime is None else now + lifetime,
+            old.rate_limit,
             replaces=old.id,
             retire=retire,
         )
+
+    def update_key(self, key_id: str, *, rate_limit: str | Unset | None = UNSET) -> KeyRecord:
+        """Change what is given of ``key_id``'s record, nothing else.
+
+        The change holds from the next request in every process that uses
+        this database, as a revoke does.
+
+        :param rate_limit: its own rate limit in the ``limits`` notation, or
+            ``None`` for none (the middleware's ``default_rate_limit``
+            applies).
+        :raises KeyNotFoundError: no key has this id.
+        :raises ValueError: a bad value, or the key is revoked.
+        """
+        changes: dict[str, object] = {}
+        if rate_limit is not UNSET:
+            changes["rate_limit"] = check_rate_limit("rate_limit", rate_limit)
+        if not isinstance(key_id, str) or not is_key_id(key_id):
+            raise KeyNotFoundError(str(key_id))
+        with self._session() as session, session.begin():
+            if changes:
+                session.execute(
+                    sa.update(ApiKey)
+                    .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                    .values(**changes)
+                )
+            model = session.get(ApiKey, key_id)
+            if model is None:
+                raise KeyNotFoundError(key_id)
+            if model.revoked_at is not None and changes:
+                raise ValueError(f"key {key_id!r} is revoked and cannot be changed")
+            announce(session.connection(), key_id)
+            return KeyRecord.from_model(model)
 
     # -- usage -----------------------------------------------------------
 

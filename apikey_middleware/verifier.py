@@ -65,6 +65,7 @@ class AuthRow(t.NamedTuple):
     owner: str | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    rate_limit: str | None
 
 
 # The one query on the request path: a primary-key read of what
@@ -78,6 +79,7 @@ _AUTH_QUERY = sa.select(
     keys_table.c.owner,
     keys_table.c.expires_at,
     keys_table.c.revoked_at,
+    keys_table.c.rate_limit,
 ).where(keys_table.c.id == sa.bindparam("key_id"))
 
 # Gives a row made before check values existed its own, once.
@@ -233,7 +235,12 @@ class Verifier:
         if check is None:
             row = self._set_check(parsed.key_id, token, row)
         principal = Principal(
-            parsed.key_id, row.name, parsed.key_type, frozenset(row.scopes.split()), row.owner
+            parsed.key_id,
+            row.name,
+            parsed.key_type,
+            frozenset(row.scopes.split()),
+            row.owner,
+            row.rate_limit,
         )
         self._verified.set(memo, (parsed.key_id, row, principal))
         return principal

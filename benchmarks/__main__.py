@@ -2,9 +2,11 @@
 
 SQLite always; PostgreSQL with ``APIKEY_BENCH_POSTGRES_URL``; MySQL or
 MariaDB (revocation latency of channel mode's polling) with
-``APIKEY_BENCH_MYSQL_URL``. The named databases' key tables are dropped and
-made again. Every figure is a median over rounds with min-max; every ratio
-compares figures measured side by side in this run.
+``APIKEY_BENCH_MYSQL_URL``; rate limits counted in Redis with
+``APIKEY_BENCH_REDIS_URL`` (keys under a prefix of the run's own, deleted
+afterwards). The named databases' key tables are dropped and made again.
+Every figure is a median over rounds with min-max; every ratio compares
+figures measured side by side in this run.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from . import (
     bench_dashboard,
     bench_flood,
     bench_middleware,
+    bench_ratelimit,
     bench_revocation,
     bench_scan,
     bench_server,
@@ -43,7 +46,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scan-rounds", type=int, default=3)
     parser.add_argument("--dashboard-keys", type=int, default=1000, help="keys of one account")
     parser.add_argument("--dashboard-rounds", type=int, default=5)
-    parts = ["in-process", "server", "abuse", "revocation", "memory", "scan", "dashboard"]
+    parts = [
+        "in-process",
+        "server",
+        "abuse",
+        "revocation",
+        "memory",
+        "scan",
+        "dashboard",
+        "rate-limits",
+    ]
     parser.add_argument("--only", nargs="*", choices=parts)
     args = parser.parse_args(argv)
     wanted = set(args.only or parts)
@@ -53,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         sqlite = f"sqlite:///{folder}/bench.db"
         postgres = os.environ.get("APIKEY_BENCH_POSTGRES_URL")
         mysql = os.environ.get("APIKEY_BENCH_MYSQL_URL")
+        redis = os.environ.get("APIKEY_BENCH_REDIS_URL")
         servers = {"SQLite": sqlite} | ({"PostgreSQL": postgres} if postgres else {})
         if "in-process" in wanted:
             bench_middleware.run(
@@ -82,6 +95,23 @@ def main(argv: list[str] | None = None) -> None:
             latency |= {"PostgreSQL": postgres} if postgres else {}
             latency |= {"MySQL/MariaDB": mysql} if mysql else {}
             bench_revocation.run(table, latency, count=args.trials)
+        if "rate-limits" in wanted and redis:
+            bench_ratelimit.in_process(
+                table,
+                f"sqlite:///{folder}/limits.db",
+                redis,
+                rounds=args.rounds,
+                requests=args.requests,
+            )
+            bench_ratelimit.under_gunicorn(
+                table,
+                f"sqlite:///{folder}/limits-server.db",
+                redis,
+                rounds=args.server_rounds,
+                requests=args.server_requests,
+            )
+        elif "rate-limits" in wanted:
+            print("  rate limits: APIKEY_BENCH_REDIS_URL is not set, skipped")
         if "memory" in wanted:
             bench_abuse.memory(table, f"sqlite:///{folder}/memory.db", args.memory_keys)
         if "scan" in wanted:

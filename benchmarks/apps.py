@@ -1,7 +1,9 @@
 """The apps the benchmarks measure, in-process and under gunicorn.
 
 For gunicorn: ``gunicorn 'benchmarks.apps:create_app("floor")'`` with
-``BENCH_DATABASE_URL`` and ``BENCH_KEY_ID`` set.
+``BENCH_DATABASE_URL`` and ``BENCH_KEY_ID`` set; the ``+limit`` kinds count
+a rate limit on every key (``BENCH_RATE_LIMIT``) in ``BENCH_RATE_LIMIT_STORAGE``
+under ``BENCH_RATE_LIMIT_PREFIX``.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 from flask import Flask
 
-from apikey_middleware import ApiKeyMiddleware, SQLAlchemyKeyStore
+from apikey_middleware import ApiKeyMiddleware, CounterStorage, SQLAlchemyKeyStore
 from apikey_middleware.flask import ApiKeys, require_scopes
 from apikey_middleware.schema import ApiKey
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-KINDS = ("bare", "floor", "wrapped", "channel", "channel+log")
+KINDS = ("bare", "floor", "wrapped", "channel", "channel+log", "wrapped+limit", "channel+limit")
 
 
 def hello_app() -> Flask:
@@ -77,11 +79,22 @@ def create_app(kind: str) -> WSGIApplication:
     url = os.environ["BENCH_DATABASE_URL"]
     if kind == "floor":
         return floor_app(sa.create_engine(url), os.environ["BENCH_KEY_ID"]).wsgi_app
-    revocation: t.Literal["immediate", "channel"] = "immediate" if kind == "wrapped" else "channel"
+    revocation: t.Literal["immediate", "channel"] = (
+        "immediate" if kind.startswith("wrapped") else "channel"
+    )
     store = SQLAlchemyKeyStore(url, revocation=revocation)
+    limited = kind.endswith("+limit")
     return ApiKeyMiddleware(
         hello_app().wsgi_app,
         store,
         rules=[("GET", "/admin", "admin")],
         log_usage=kind == "channel+log",
+        default_rate_limit=os.environ["BENCH_RATE_LIMIT"] if limited else None,
+        rate_limit_storage=(
+            CounterStorage(
+                os.environ["BENCH_RATE_LIMIT_STORAGE"], prefix=os.environ["BENCH_RATE_LIMIT_PREFIX"]
+            )
+            if limited
+            else "memory://"
+        ),
     )

@@ -89,7 +89,7 @@ nitpick_ignore_regex = [
     # Libraries the package builds on.
     (
         "py:(class|exc|func|meth|attr|mod|obj|data)",
-        r"(werkzeug|sqlalchemy|flask|click|cryptography)(\..+)?",
+        r"(werkzeug|sqlalchemy|flask|click|cryptography|limits|redis)(\..+)?",
     ),
     # Annotations Sphinx shows as written, unevaluated: names imported only
     # under `if t.TYPE_CHECKING:` (typeshed's WSGI types are not importable at
@@ -97,7 +97,7 @@ nitpick_ignore_regex = [
     (
         "py:class",
         r"WSGIApplication|WSGIEnvironment|StartResponse|Engine|Connection|Response|datetime"
-        r"|Blueprint",
+        r"|Blueprint|RateLimitItem|Revocation",
     ),
     # Type variables and private base classes (shown in "Bases:") have no page.
     ("py:class", r"apikey_middleware\.[\w.]*\.(F|_\w+)"),

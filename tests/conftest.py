@@ -2,7 +2,9 @@
 
 SQLite always runs. PostgreSQL and MySQL/MariaDB run when
 ``APIKEY_TEST_POSTGRES_URL`` and ``APIKEY_TEST_MYSQL_URL`` name a database
-(``.ci/run`` sets both); otherwise their tests are skipped, saying why.
+(``.ci/run`` sets both); otherwise their tests are skipped, saying why. The
+same goes for Redis and ``APIKEY_TEST_REDIS_URL``; tests there keep to keys
+of their own prefix and delete them afterwards.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 import time
 import typing as t
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -32,6 +35,7 @@ if t.TYPE_CHECKING:
 SERVER_URL_VARIABLES = {
     "postgresql": "APIKEY_TEST_POSTGRES_URL",
     "mysql": "APIKEY_TEST_MYSQL_URL",
+    "redis": "APIKEY_TEST_REDIS_URL",
 }
 TEST_ROUNDS = 4
 
@@ -59,6 +63,22 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     engine = sa.create_engine(url)
     metadata.drop_all(engine)
     engine.dispose()
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A Redis key prefix of this test's own; its keys are deleted afterwards
+    (the server is shared: never FLUSHALL)."""
+    import redis
+
+    url = server_url("redis")
+    prefix = f"apikey-test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 @pytest.fixture

@@ -31,7 +31,9 @@ def create_app() -> WSGIApplication:
         max_overflow=0,
         pool_timeout=POOL_TIMEOUT,
     )
-    store = SQLAlchemyKeyStore(engine)
+    # Immediate mode: every request needs a connection (in channel mode, the
+    # default on SQLite, a verified key is answered from memory).
+    store = SQLAlchemyKeyStore(engine, revocation="immediate")
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)

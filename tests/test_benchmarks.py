@@ -20,6 +20,7 @@ def test_the_benchmark_suite_runs_and_prints_one_table() -> None:
         if name not in ("APIKEY_BENCH_POSTGRES_URL", "APIKEY_BENCH_MYSQL_URL")
     }
     env["APIKEY_BENCH_POSTGRES_URL"] = os.environ.get("APIKEY_TEST_POSTGRES_URL", "")
+    env["APIKEY_BENCH_REDIS_URL"] = os.environ.get("APIKEY_TEST_REDIS_URL", "")
     result = subprocess.run(
         [
             sys.executable,
@@ -67,3 +68,7 @@ def test_the_benchmark_suite_runs_and_prints_one_table() -> None:
         assert line in out, line
     if env["APIKEY_BENCH_POSTGRES_URL"]:
         assert "p99 ms accepted after revoke() (PostgreSQL)" in out
+        assert "p99 ms accepted after a plain SQL UPDATE (PostgreSQL, trigger)" in out
+    if env["APIKEY_BENCH_REDIS_URL"]:
+        assert "Redis round trips per request, three limits" in out
+        assert "gunicorn req/s, a Redis limit on every key / none (immediate)" in out

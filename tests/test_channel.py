@@ -6,6 +6,8 @@ its own engine and connections, as from another process.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import typing as t
 from collections.abc import Iterator
@@ -189,3 +191,107 @@ def test_rows_kept_are_bounded(tmp_path: t.Any, store_factory: StoreFactory) -> 
 def test_unknown_revocation_mode_is_refused(tmp_path: t.Any) -> None:
     with pytest.raises(ValueError, match="revocation must be one of immediate, channel"):
         SQLAlchemyKeyStore(f"sqlite:///{tmp_path / 'k.db'}", revocation="lazy")  # type: ignore[arg-type]
+
+
+def revoke_by_hand(url: str, key_id: str) -> None:
+    """Revoke with plain SQL from another process, not through the store."""
+    script = (
+        "import sys, sqlalchemy as sa\n"
+        "engine = sa.create_engine(sys.argv[1])\n"
+        "with engine.begin() as connection:\n"
+        "    connection.execute(sa.text("
+        "'UPDATE apikey_keys SET revoked_at = created_at WHERE id = :id'), {'id': sys.argv[2]})\n"
+    )
+    subprocess.run([sys.executable, "-c", script, url, key_id], check=True, timeout=60)  # noqa: S603
+
+
+def test_a_revoke_by_plain_sql_in_another_process_is_seen(
+    reader: SQLAlchemyKeyStore, admin: SQLAlchemyKeyStore, database_url: str
+) -> None:
+    issued = admin.create_key("n")
+    key = parsed(issued.key)
+    assert accepts(reader, key)
+    assert accepts(reader, key)  # from memory now
+    revoke_by_hand(database_url, issued.id)
+    if isinstance(reader.channel, SQLiteDataVersion):
+        assert not accepts(reader, key)  # the very next request
+        return
+    # PostgreSQL: the table's trigger announces it; MySQL: the next poll.
+    bound = POLL if isinstance(reader.channel, PollingChannel) else 2.0
+    assert wait_until(lambda: not accepts(reader, key)) <= bound + 0.2
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_moving_last_used_at_is_not_announced(
+    reader: SQLAlchemyKeyStore, admin: SQLAlchemyKeyStore
+) -> None:
+    channel = reader.channel
+    assert channel is not None
+    issued = admin.create_key("n")
+    time.sleep(0.3)  # the creation's own notification comes and goes
+    before = channel.token()
+    with admin.engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE apikey_keys SET last_used_at = created_at WHERE id = :id"),
+            {"id": issued.id},
+        )
+    time.sleep(0.3)
+    assert channel.token() == before
+    with admin.engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE apikey_keys SET scopes = 'x' WHERE id = :id"), {"id": issued.id}
+        )
+    wait_until(lambda: channel.token() != before, timeout=2.0)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_create_schema_again_keeps_one_trigger(admin: SQLAlchemyKeyStore) -> None:
+    admin.create_schema()
+    admin.create_schema()
+    with admin.engine.connect() as connection:
+        names = connection.execute(
+            sa.text(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = 'apikey_keys'::regclass"
+                " AND NOT tgisinternal ORDER BY tgname"
+            )
+        ).scalars()
+        assert list(names) == ["apikey_keys_changed", "apikey_keys_truncated"]
+
+
+@pytest.mark.parametrize(
+    ("url", "mode"),
+    [
+        ("sqlite:///{folder}/keys.db", "channel"),
+        ("sqlite://", "immediate"),
+        ("sqlite:///file:{folder}/uri.db?uri=true", "immediate"),
+    ],
+)
+def test_sqlite_files_default_to_channel_mode_and_nothing_else_does(
+    tmp_path: t.Any, url: str, mode: str
+) -> None:
+    store = SQLAlchemyKeyStore(url.format(folder=tmp_path), bcrypt_rounds=TEST_ROUNDS)
+    assert store.revocation == mode
+    assert (store.channel is not None) == (mode == "channel")
+    store.close()
+
+
+def test_the_default_sqlite_store_refuses_at_once_a_key_revoked_by_hand_elsewhere(
+    sqlite_url: str, store_factory: StoreFactory
+) -> None:
+    server = store_factory(sqlite_url)  # the defaults
+    assert isinstance(server.channel, SQLiteDataVersion)
+    issued = server.create_key("n")
+    key = parsed(issued.key)
+    for _ in range(3):
+        assert accepts(server, key)
+    reads = Statements(server)
+    assert accepts(server, key)
+    assert reads.key_reads == 0  # from memory while nothing changes
+    revoke_by_hand(sqlite_url, issued.id)
+    assert not accepts(server, key)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql", "mysql"], indirect=True)
+def test_database_servers_default_to_immediate_mode(store: SQLAlchemyKeyStore) -> None:
+    assert store.revocation == "immediate"
+    assert store.channel is None

@@ -144,7 +144,8 @@ def test_list_shows_one_line_per_key_with_its_state(url: str, store: SQLAlchemyK
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert lines[0].split() == [
-        "ID", "PREFIX", "NAME", "TYPE", "SCOPES", "CREATED", "LAST", "USED", "STATE",
+        "ID", "PREFIX", "NAME", "TYPE", "SCOPES", "RATE", "LIMIT", "CREATED", "LAST", "USED",
+        "STATE",
     ]  # fmt: skip
     assert len(lines) == 3
     assert active.id in lines[1]

@@ -18,14 +18,12 @@ from flask import Flask, session
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from apikey_middleware import IssuedKey, SQLAlchemyKeyStore
+from apikey_middleware import SQLAlchemyKeyStore
 from apikey_middleware.dashboard import create_dashboard
 from apikey_middleware.dashboard._charts import UsageBucket, draw, usage_summary
 from apikey_middleware.dashboard._forms import check_rate_limit
 from apikey_middleware.dashboard.security import CONTENT_SECURITY_POLICY
 from apikey_middleware.usage import UsageRecord
-
-from .conftest import StoreFactory
 
 PREFIX = "/settings/api-keys"
 SCOPES = {"clients:read": "Read clients", "clients:write": "Create clients"}
@@ -222,40 +220,21 @@ def test_the_form_keeps_what_was_typed(alice: Browser) -> None:
     assert re.search(r'value="live"[^>]*checked', text)
 
 
-class RateLimitedStore(SQLAlchemyKeyStore):
-    """A store whose ``create_key`` takes a ``rate_limit``, as a store with
-    per-key limits does; it keeps what it was given."""
-
-    given: t.ClassVar[list[str | None]] = []
-
-    def create_key(
-        self, name: str, *, rate_limit: str | None = None, **options: t.Any
-    ) -> IssuedKey:
-        self.given.append(rate_limit)
-        return super().create_key(name, **options)
-
-
-def test_the_rate_limit_field_shows_only_for_a_store_that_takes_one(
-    alice: Browser, store_factory: StoreFactory, tmp_path: Path
+def test_a_key_made_with_a_rate_limit_has_it_and_the_list_shows_it(
+    alice: Browser, sqlite_store: SQLAlchemyKeyStore
 ) -> None:
-    assert 'name="rate_limit"' not in alice.get("/new").get_data(as_text=True)
-    assert alice.generate(rate_limit="100/minute").status_code == 201  # ignored
-
-    limited = RateLimitedStore(f"sqlite:///{tmp_path / 'limited.db'}", bcrypt_rounds=4)
-    limited.create_schema()
-    try:
-        carol = Browser(make_app(limited), "carol")
-        assert 'name="rate_limit"' in carol.get("/new").get_data(as_text=True)
-        for bad in ("lots", "100/fortnight", "0/minute", "100/minute;x"):
-            response = carol.generate(rate_limit=bad)
-            assert response.status_code == 400
-            assert "Write a rate limit such as 100/minute" in response.get_data(as_text=True)
-        assert limited.list_keys(include_revoked=True) == []
-        assert carol.generate(rate_limit="10/second;1000/hour").status_code == 201
-        assert carol.generate().status_code == 201
-        assert RateLimitedStore.given == ["10/second;1000/hour", None]
-    finally:
-        limited.close()
+    assert 'name="rate_limit"' in alice.get("/new").get_data(as_text=True)
+    for bad in ("lots", "100/fortnight", "0/minute", "100/minute;x"):
+        response = alice.generate(rate_limit=bad)
+        assert response.status_code == 400
+        assert "Write a rate limit such as 100/minute" in response.get_data(as_text=True)
+    assert sqlite_store.list_keys(include_revoked=True) == []
+    key = shown_key(alice.generate(rate_limit="10/second;1000/hour"))
+    record = sqlite_store.get_key(key[8:22])
+    assert record is not None
+    assert record.rate_limit == "10/second;1000/hour"
+    assert "10/second;1000/hour" in alice.get("/").get_data(as_text=True)
+    assert sqlite_store.get_key(shown_key(alice.generate())[8:22]).rate_limit is None  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(

@@ -108,3 +108,20 @@ def test_dashboard_snippet_mounts_the_page_for_the_signed_in_owner(
     page = client.get("/settings/api-keys/").get_data(as_text=True)
     assert readme["issued"].record.prefix in page
     assert "Generate New Key" in page
+
+
+def test_rate_limit_snippets(readme: dict[str, t.Any]) -> None:
+    limited = readme["limited"]
+    record = readme["store"].get_key(limited.id)
+    assert record.rate_limit == "100/minute"
+    client = Client(readme["rate_limited"])
+    headers = {"Authorization": f"Bearer {limited.key}"}
+    response = client.get("/v1/clients", headers=headers)
+    assert response.status_code == 200
+    assert response.headers["X-RateLimit-Limit"] == "100"
+    shared = readme["shared"]
+    storage = shared.rate_limiter.storage
+    assert storage.shared
+    assert shared.throttle.storage is storage  # the throttle counts in the same Redis
+    assert shared.rate_limiter.default == "100/minute"
+    storage.close()

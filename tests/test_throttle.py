@@ -55,9 +55,11 @@ def app() -> RecordingApp:
 
 
 @pytest.fixture
-def client(sqlite_store: SQLAlchemyKeyStore, app: RecordingApp, clock: Clock) -> Client:
+def client(sqlite_url: str, app: RecordingApp, clock: Clock, store_factory: StoreFactory) -> Client:
+    # Immediate mode: every key is read, so reads can be counted.
+    store = store_factory(sqlite_url, revocation="immediate")
     throttle = FailureThrottle(3, 60, clock=clock)
-    return Client(ApiKeyMiddleware(app, sqlite_store, throttle=throttle, log_usage=False))
+    return Client(ApiKeyMiddleware(app, store, throttle=throttle, log_usage=False))
 
 
 def guess(client: Client, key: IssuedKey, environ: dict[str, str]) -> t.Any:
@@ -67,7 +69,6 @@ def guess(client: Client, key: IssuedKey, environ: dict[str, str]) -> t.Any:
 def test_past_the_limit_invalid_keys_get_429_and_valid_ones_pass(
     client: Client,
     key: IssuedKey,
-    sqlite_store: SQLAlchemyKeyStore,
     app: RecordingApp,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -75,7 +76,8 @@ def test_past_the_limit_invalid_keys_get_429_and_valid_ones_pass(
         assert guess(client, key, ATTACKER).json == INVALID
     checks: list[bytes] = []
     monkeypatch.setattr(bcrypt, "checkpw", lambda password, hashed: checks.append(password))
-    queries = Statements(sqlite_store)
+    guarded = t.cast(ApiKeyMiddleware, client.application)
+    queries = Statements(t.cast(SQLAlchemyKeyStore, guarded.store))
     for token in ("garbage", key.key[:-1] + "?", key.key.upper()):
         response = client.get("/", headers=bearer(token), environ_base=ATTACKER)
         assert_too_many(response, token, "60")

@@ -52,6 +52,7 @@ def test_old_keys_and_usage_survive_the_upgrade(
         ("clients:read",),
         "acme",
     )
+    assert record.rate_limit is None  # added by the upgrade: the default applies
     assert store.authenticate(key).key_id == key_id
     assert sorted(row.status for row in store.usage(key_id)) == [200, 403]
     assert leaks_of(store, key_id) == []  # the tables 0.1.0 did not have

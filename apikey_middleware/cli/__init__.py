@@ -16,7 +16,7 @@ import click
 from ..store import SQLAlchemyKeyStore
 from ._common import DEFAULT_DATABASE_URL, STORE_FACTORY, Redacting
 from ._common import parse_duration as parse_duration
-from .keys import create, init_db, list_keys, revoke, rotate, show
+from .keys import create, init_db, list_keys, revoke, rotate, show, update
 from .scan import scan
 from .usage import usage
 
@@ -27,6 +27,7 @@ COMMANDS: tuple[click.Command, ...] = (
     create,
     list_keys,
     show,
+    update,
     revoke,
     rotate,
     usage,

@@ -14,6 +14,7 @@ from sqlalchemy import exc
 
 from ..errors import KeyNotFoundError
 from ..keys import holds_key, redact_keys, shown_safely
+from ..ratelimit import check_rate_limit
 from ..records import KeyRecord
 from ..scan import printable
 from ..store import SQLAlchemyKeyStore
@@ -54,6 +55,15 @@ def duration_option(
         return None
     try:
         return parse_duration(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+
+
+def rate_limit_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_rate_limit("rate limit", value)
     except ValueError as error:
         raise click.BadParameter(str(error), ctx, param) from None
 
@@ -123,6 +133,7 @@ def record_json(record: KeyRecord, now: datetime) -> dict[str, t.Any]:
         "revoked_at": iso(record.revoked_at),
         "last_used_at": iso(record.last_used_at),
         "replaces": record.replaces,
+        "rate_limit": record.rate_limit,
         "state": record.state(now),
     }
 

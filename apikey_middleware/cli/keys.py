@@ -1,4 +1,4 @@
-"""Commands on keys: init-db, create, list, show, revoke, rotate."""
+"""Commands on keys: init-db, create, list, show, update, revoke, rotate."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import click
 from .. import leaks
 from .._time import utcnow
 from ..keys import KEY_TYPES
+from ..ratelimit import check_rate_limit
 from ..records import IssuedKey
 from ._common import (
     duration_option,
     get_record,
+    rate_limit_option,
     record_json,
     shown,
     state_text,
@@ -29,6 +31,8 @@ def _show_issued(issued: IssuedKey, what: str) -> None:
     click.echo(f"scopes: {shown(' '.join(record.scopes)) if record.scopes else '(none)'}")
     if record.expires_at is not None:
         click.echo(f"expires: {when(record.expires_at)}")
+    if record.rate_limit is not None:
+        click.echo(f"rate limit: {shown(record.rate_limit)}")
     click.echo(f"\n    {issued.key}\n")
     click.echo(
         click.style("Store this key now: it is shown only once and cannot be recovered.", bold=True)
@@ -61,6 +65,11 @@ def init_db() -> None:
 )
 @click.option("--owner", help="Who the key belongs to.")
 @click.option("--expires-in", callback=duration_option, help="Lifetime, e.g. 30d, 24h, 15m.")
+@click.option(
+    "--rate-limit",
+    callback=rate_limit_option,
+    help="Requests allowed, e.g. 100/minute or '10/second;1000/hour' (default: the app's).",
+)
 @store_command
 def create(
     name: str,
@@ -68,11 +77,17 @@ def create(
     scopes: tuple[str, ...],
     owner: str | None,
     expires_in: timedelta | None,
+    rate_limit: str | None,
 ) -> None:
     """Create a key and print it, once."""
     expires_at = None if expires_in is None else utcnow() + expires_in
     issued = store().create_key(
-        name, key_type=key_type, scopes=scopes, owner=owner, expires_at=expires_at
+        name,
+        key_type=key_type,
+        scopes=scopes,
+        owner=owner,
+        expires_at=expires_at,
+        rate_limit=rate_limit,
     )
     _show_issued(issued, "Created")
 
@@ -82,7 +97,7 @@ def create(
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @store_command
 def list_keys(include_revoked: bool, as_json: bool) -> None:
-    """List keys: id, prefix, name, type, scopes, created, last used, state."""
+    """List keys: id, prefix, name, type, scopes, rate limit, created, last used, state."""
     records = store().list_keys(include_revoked=include_revoked)
     now = utcnow()
     if as_json:
@@ -91,7 +106,17 @@ def list_keys(include_revoked: bool, as_json: bool) -> None:
     if not records:
         click.echo("No keys." if include_revoked else "No active keys (--all shows revoked ones).")
         return
-    header = ("ID", "PREFIX", "NAME", "TYPE", "SCOPES", "CREATED", "LAST USED", "STATE")
+    header = (
+        "ID",
+        "PREFIX",
+        "NAME",
+        "TYPE",
+        "SCOPES",
+        "RATE LIMIT",
+        "CREATED",
+        "LAST USED",
+        "STATE",
+    )
     rows = [header] + [
         (
             record.id,
@@ -99,6 +124,7 @@ def list_keys(include_revoked: bool, as_json: bool) -> None:
             shown(record.name),
             record.key_type,
             shown(" ".join(record.scopes)) if record.scopes else "-",
+            shown(record.rate_limit),
             when(record.created_at),
             when(record.last_used_at),
             state_text(record, now),
@@ -144,6 +170,7 @@ def show(key_id: str, as_json: bool, all_leaks: bool) -> None:
         ("type", record.key_type),
         ("scopes", shown(" ".join(record.scopes)) if record.scopes else "-"),
         ("owner", shown(record.owner)),
+        ("limit", shown(record.rate_limit)),
         ("created", when(record.created_at)),
         ("expires", when(record.expires_at)),
         ("revoked", when(record.revoked_at)),
@@ -197,3 +224,25 @@ def rotate(key_id: str, grace: timedelta) -> None:
         click.echo(f"The old key {key_id} is revoked.")
     else:
         click.echo(f"The old key {key_id} keeps working until {when(old.expires_at)}.")
+
+
+@click.command()
+@click.argument("key_id", metavar="ID")
+@click.option(
+    "--rate-limit",
+    help="Requests allowed, e.g. 100/minute or '10/second;1000/hour'; 'none': the app's default.",
+)
+@store_command
+def update(key_id: str, rate_limit: str | None) -> None:
+    """Change a key: from the next request on, in every process."""
+    if rate_limit is None:
+        raise click.UsageError("nothing to change: give --rate-limit")
+    limit = None if rate_limit.strip().lower() == "none" else rate_limit
+    try:
+        check_rate_limit("rate limit", limit)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="'--rate-limit'") from None
+    record = store().update_key(get_record(key_id).id, rate_limit=limit)
+    click.echo(
+        f"Updated key {record.id} ({shown(record.name)}): rate limit {shown(record.rate_limit)}."
+    )

@@ -7,7 +7,6 @@ each message beside its field. Nothing here touches the store.
 
 from __future__ import annotations
 
-import re
 import typing as t
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from werkzeug.datastructures import MultiDict
 
+from .. import ratelimit
 from .._time import utcnow
 from ..keys import KEY_TYPES, holds_key
 from ..records import check_name
@@ -27,29 +27,19 @@ GRACE_PERIODS: dict[str, timedelta] = {
     "7 days": timedelta(days=7),
 }
 
-# The notation of the `limits` library: "100/minute", "10 per second",
-# "1000/2 hours", several joined by ";", "," or "|".
-_LIMIT_RE = re.compile(
-    r"\s*[1-9][0-9]{0,8}\s*(?:/|per)\s*(?:[1-9][0-9]{0,5}\s*)?"
-    r"(?:second|minute|hour|day|month|year)s?\s*",
-    re.IGNORECASE,
-)
-_LIMIT_SEPARATORS = re.compile(r"[;,|]")
-_MAX_RATE_LIMIT_LENGTH = 200
 _MAX_FIELD_LENGTH = 1000
 
 
 def check_rate_limit(value: str) -> str:
     """``value`` in the ``limits`` notation (``"100/minute"``,
-    ``"10/second;1000/hour"``), stripped.
+    ``"10/second;1000/hour"``), stripped, as the store checks it.
 
     :raises ValueError: it is not (the value is not repeated).
     """
-    value = value.strip()
-    parts = _LIMIT_SEPARATORS.split(value)
-    if len(value) > _MAX_RATE_LIMIT_LENGTH or not all(_LIMIT_RE.fullmatch(p) for p in parts):
-        raise ValueError("Write a rate limit such as 100/minute, or 10/second;1000/hour.")
-    return value
+    try:
+        return str(ratelimit.check_rate_limit("rate limit", value))
+    except ValueError:
+        raise ValueError("Write a rate limit such as 100/minute, or 10/second;1000/hour.") from None
 
 
 def _text(form: MultiDict[str, str], name: str) -> str:
@@ -77,7 +67,6 @@ class KeyForm:
         *,
         scopes: Mapping[str, str],
         key_types: Sequence[str] = KEY_TYPES,
-        with_rate_limit: bool,
         now: datetime | None = None,
     ) -> KeyForm:
         """Read and check a posted form; ``scopes`` are those on offer."""
@@ -110,7 +99,7 @@ class KeyForm:
             else:
                 if expiry <= (now or utcnow()):
                     errors["expires_on"] = "Choose an expiry date in the future."
-        rate_limit = _text(form, "rate_limit").strip() if with_rate_limit else ""
+        rate_limit = _text(form, "rate_limit").strip()
         if rate_limit:
             try:
                 check_rate_limit(rate_limit)

@@ -8,7 +8,6 @@ in one response only, the one to the ``POST`` that made it.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import typing as t
 import urllib.parse
@@ -69,9 +68,6 @@ class Dashboard:
     key_types: tuple[str, ...]
     per_page: int
     title: str
-    #: Whether the store's ``create_key`` takes a ``rate_limit``: the form
-    #: offers the field only then.
-    with_rate_limit: bool
 
     @property
     def grace_periods(self) -> list[str]:
@@ -164,7 +160,6 @@ def create_dashboard(
         tuple(key_types),
         per_page,
         title,
-        with_rate_limit="rate_limit" in inspect.signature(store.create_key).parameters,
     )
     bp = Blueprint(
         name,
@@ -301,7 +296,6 @@ class _Pages:
             request.form,
             scopes=dashboard.scopes,
             key_types=dashboard.key_types,
-            with_rate_limit=dashboard.with_rate_limit,
         )
         if form.errors:
             return _page("apikey_dashboard/new.html", 400, form=form)

@@ -86,8 +86,11 @@ class ApiKeys:
             app.config.setdefault(name, default)
         settings = Settings.from_mapping(app.config)
         store = self._store if self._store is not None else self._make_store(app, settings)
+        # One storage for rate limits and the throttle: with Redis, both hold
+        # across processes and hosts.
+        counters = settings.counter_storage()
         throttle = (
-            FailureThrottle(settings.throttle_limit, settings.throttle_window)
+            FailureThrottle(settings.throttle_limit, settings.throttle_window, storage=counters)
             if settings.throttle_limit
             else None
         )
@@ -102,6 +105,8 @@ class ApiKeys:
             log_usage=settings.log_usage,
             throttle=throttle,
             retry_after=settings.retry_after,
+            default_rate_limit=settings.default_rate_limit,
+            rate_limit_storage=counters,
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = _State(store, middleware)
