@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Modules are byte-compiled when first imported, not all at install time.
 PIP := $(BIN)/python -m pip install --quiet --no-compile
+# The port `make run` and `make run-legacy` serve on: make run PORT=5001
+PORT ?= 5000
 
 .PHONY: run run-legacy test quick fuzz lint docs bench screenshots clean
 
@@ -44,10 +46,10 @@ $(VENV)/.installed-%: pyproject.toml setup.cfg | $(BIN)/python
 	touch $@ $(addprefix $(VENV)/.installed-,$($*_CONTAINS))
 
 run: $(VENV)/.installed-run
-	$(BIN)/python -m examples.flask_app
+	$(BIN)/python -m examples.flask_app --port $(PORT)
 
 run-legacy: $(VENV)/.installed-run
-	$(BIN)/python -m examples.legacy_app
+	$(BIN)/python -m examples.legacy_app --port $(PORT)
 
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check .

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import threading
 import typing as t
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import StaticPool
 
 from ._watchdog import StatementWatchdog
 
@@ -21,6 +25,51 @@ def _sqlite_on_connect(dbapi_connection: t.Any, connection_record: t.Any) -> Non
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
+
+
+class SharedConnectionPool(StaticPool):
+    """The one connection of an in-memory SQLite database, lent to one
+    thread at a time: every thread (the usage writer's too) sees the same
+    database, and two threads' transactions never mix on it."""
+
+    def __init__(self, creator: t.Any, **options: t.Any) -> None:
+        super().__init__(creator, **options)
+        #: Seconds a thread waits for the connection (the store sets its timeout).
+        self.timeout = 30.0
+        self._lock = threading.RLock()
+
+    def recreate(self) -> SharedConnectionPool:
+        pool = super().recreate()
+        assert isinstance(pool, SharedConnectionPool)  # noqa: S101 - built by __class__
+        pool.timeout = self.timeout
+        return pool
+
+    def _do_get(self) -> t.Any:
+        if not self._lock.acquire(timeout=self.timeout):
+            raise exc.TimeoutError(f"the in-memory database was busy for {self.timeout} s")
+        try:
+            return super()._do_get()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _do_return_conn(self, record: t.Any) -> None:
+        super()._do_return_conn(record)
+        # Returned by another thread than took it: nothing to release here.
+        with contextlib.suppress(RuntimeError):
+            self._lock.release()
+
+
+def sqlite_file_missing(url: sa.URL) -> bool:
+    """Whether ``url`` names a SQLite file that is not there (connecting
+    would create it, empty)."""
+    database = url.database
+    return (
+        url.get_backend_name() == "sqlite"
+        and database not in (None, "", ":memory:")
+        and not database.startswith("file:")
+        and not os.path.exists(database)
+    )
 
 
 def _server_connect_args(parsed: sa.URL, timeout: float) -> dict[str, t.Any]:
@@ -58,7 +107,9 @@ def create_store_engine(url: str | sa.URL, *, timeout: float = 5.0) -> Engine:
     the pool, and waiting on a locked SQLite file; on PostgreSQL a
     statement or lock wait (``statement_timeout``, ``lock_timeout``) and a
     connection that stops answering (a watchdog cuts it); on MySQL and
-    MariaDB lock waits and reads and writes on the connection.
+    MariaDB lock waits and reads and writes on the connection. An in-memory
+    SQLite database (``sqlite://``) is one connection that every thread
+    shares, one at a time.
 
     :raises ValueError: if the URL cannot be parsed or has no driver here.
     """
@@ -69,8 +120,16 @@ def create_store_engine(url: str | sa.URL, *, timeout: float = 5.0) -> Engine:
     shown = parsed.render_as_string(hide_password=True)
     backend = parsed.get_backend_name()
     in_memory = backend == "sqlite" and parsed.database in (None, "", ":memory:")
-    options: dict[str, t.Any] = {} if in_memory else {"pool_timeout": timeout}
-    if backend == "sqlite":
+    options: dict[str, t.Any] = {"pool_timeout": timeout}
+    if in_memory:
+        # Each connection to sqlite:// is a database of its own: every
+        # thread (the usage writer's too) must share the one that has the
+        # tables.
+        options = {
+            "poolclass": SharedConnectionPool,
+            "connect_args": {"timeout": timeout, "check_same_thread": False},
+        }
+    elif backend == "sqlite":
         options["connect_args"] = {"timeout": timeout}
     elif backend in ("postgresql", "mysql", "mariadb"):
         options["connect_args"] = _server_connect_args(parsed, timeout)
@@ -78,7 +137,9 @@ def create_store_engine(url: str | sa.URL, *, timeout: float = 5.0) -> Engine:
         engine = sa.create_engine(parsed, **options)
     except (exc.NoSuchModuleError, ImportError) as error:
         raise ValueError(f"no database driver for {shown}: {error}") from None
-    if backend == "sqlite" and not in_memory:
+    if isinstance(engine.pool, SharedConnectionPool):
+        engine.pool.timeout = timeout
+    elif backend == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
     elif backend == "postgresql":
         # A little after the server's own timeouts, which end a statement

@@ -35,6 +35,14 @@ PEPPER_ENV = "APIKEY_PEPPER"
 #: Bytes of the check value kept beside each hash (hex in the database).
 CHECK_BYTES = 6
 _CHECK_CONTEXT = b"apikey_middleware key check v1"
+_FINGERPRINT_CONTEXT = b"apikey_middleware pepper fingerprint v1"
+
+
+def pepper_fingerprint(pepper: bytes) -> str:
+    """A keyed fingerprint of ``pepper`` (of no pepper, for ``b""``), kept in
+    the database so that a store with another pepper is refused. It tells
+    no more about the pepper than a key's check value already does."""
+    return hmac.digest(pepper, _FINGERPRINT_CONTEXT, hashlib.sha256)[:16].hex()
 
 
 def pepper_from_environ() -> bytes | None:
@@ -66,6 +74,15 @@ class KeyHasher:
 
     def __repr__(self) -> str:
         return f"KeyHasher(rounds={self.rounds}, pepper={'set' if self._pepper else 'none'})"
+
+    @property
+    def peppered(self) -> bool:
+        """Whether a pepper is mixed into the hashes."""
+        return bool(self._pepper)
+
+    def pepper_fingerprint(self) -> str:
+        """The :func:`pepper_fingerprint` of this hasher's pepper."""
+        return pepper_fingerprint(self._pepper)
 
     def _prehash(self, key: str) -> bytes:
         digest = hmac.digest(self._pepper, key.encode("utf-8", "surrogatepass"), hashlib.sha256)

@@ -147,6 +147,11 @@ def shown_safely(value: str, limit: int = 60) -> str:
     return repr(value[:limit])
 
 
+def key_prefix(key_type: str, key_id: str) -> str:
+    """What a key starts with, as far as listings show it: ``sk_live_ab12``."""
+    return f"{PREFIXES[key_type]}{key_id[:4]}"
+
+
 def display_prefix(key_type: str, key_id: str) -> str:
     """The short form listings show, such as ``sk_live_ab12…``."""
-    return f"{PREFIXES[key_type]}{key_id[:4]}…"
+    return f"{key_prefix(key_type, key_id)}…"

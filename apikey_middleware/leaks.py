@@ -83,7 +83,7 @@ class KeyRow(t.NamedTuple):
 
 def is_active(state: str) -> bool:
     """Whether a key in ``state`` is still accepted."""
-    return state in ("active", "expiring")
+    return state == "active"
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +326,7 @@ def leaked_key(row: KeyRow, url: str, source: str, action: Action) -> LeakedKey:
 
 
 #: A found key's state: as a record's, or ``"unknown"``: not a key of this store.
-FoundState = t.Literal["active", "expiring", "expired", "revoked", "unknown"]
+FoundState = t.Literal["active", "expired", "revoked", "unknown"]
 
 
 def check_finds(

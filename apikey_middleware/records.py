@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 import typing as t
 from dataclasses import dataclass, field
@@ -11,7 +12,18 @@ from ._time import utcnow
 from .keys import KeyType, display_prefix, holds_key
 from .schema import MAX_NAME_LENGTH, ApiKey
 
-State = t.Literal["active", "expiring", "expired", "revoked"]
+State = t.Literal["active", "expired", "revoked"]
+
+
+class Unset(enum.Enum):
+    """The type of :data:`UNSET`."""
+
+    UNSET = "UNSET"
+
+
+#: "Not given": what :meth:`~apikey_middleware.store.SQLAlchemyKeyStore.update_key`
+#: leaves as it is (``None`` is a value there: no expiry).
+UNSET = Unset.UNSET
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -22,8 +34,8 @@ def key_state(
     """The state of a key revoked and expiring at these times."""
     if revoked_at is not None:
         return "revoked"
-    if expires_at is not None:
-        return "expired" if expires_at <= (now or utcnow()) else "expiring"
+    if expires_at is not None and expires_at <= (now or utcnow()):
+        return "expired"
     return "active"
 
 
@@ -51,7 +63,7 @@ class KeyRecord:
         return display_prefix(self.key_type, self.id)
 
     def state(self, now: datetime | None = None) -> State:
-        """``revoked``, ``expired``, ``expiring`` (has an end date) or ``active``."""
+        """``revoked``, ``expired`` or ``active`` (at ``now``, by default the current time)."""
         return key_state(self.revoked_at, self.expires_at, now)
 
     @classmethod

@@ -148,11 +148,23 @@ class LeakReport(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class MetaRow(Base):
+    """A fact about the database as a whole, by name: such as the keyed
+    fingerprint of the pepper its keys were hashed with (see
+    :mod:`~apikey_middleware.pepper`)."""
+
+    __tablename__ = "apikey_meta"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.String(200))
+
+
 #: The tables as Core objects, for the queries built once.
 keys_table = t.cast(sa.Table, ApiKey.__table__)
 usage_table = t.cast(sa.Table, UsageRow.__table__)
 leaks_table = t.cast(sa.Table, LeakRow.__table__)
 leak_reports_table = t.cast(sa.Table, LeakReport.__table__)
+meta_table = t.cast(sa.Table, MetaRow.__table__)
 
 #: Columns added since the first release, by table: :func:`upgrade` adds
 #: those that a database made by an earlier release lacks.

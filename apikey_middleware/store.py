@@ -9,10 +9,9 @@ of HTTP: it manages key records here, hands the request path to its
 
 from __future__ import annotations
 
-import enum
 import os
 import typing as t
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
@@ -22,8 +21,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from ._checks import integer, number
-from ._engine import create_store_engine
-from ._time import check_aware, utcnow
+from ._engine import SharedConnectionPool, create_store_engine, sqlite_file_missing
+from ._issue import issue_key, retirement
+from ._time import expiry, moment, utcnow
 from .changes import (
     REVOCATION_MODES,
     ChangeChannel,
@@ -32,30 +32,19 @@ from .changes import (
     channel_for,
     default_revocation,
 )
-from .errors import KeyNotFoundError
+from .errors import KeyNotFoundError, StoreUnavailableError
 from .hashing import DEFAULT_ROUNDS, KeyHasher
-from .keys import KEY_TYPES, ParsedKey, generate_key, is_key_id, shown_safely
+from .keys import KEY_TYPES, ParsedKey, is_key_id, shown_safely
+from .pepper import PepperCheck
 from .principal import Principal, normalize_scopes
 from .ratelimit import check_rate_limit
-from .records import IssuedKey, KeyRecord, check_name
-from .schema import ApiKey, metadata, upgrade
+from .records import UNSET, IssuedKey, KeyRecord, Unset, check_name
+from .schema import ApiKey, keys_table, metadata, upgrade
 from .usage import UsageRecord
 from .usage_log import UsageLog
-from .verifier import DEFAULT_CACHE_SIZE, Verifier
+from .verifier import DEFAULT_CACHE_SIZE, Verifier, describe_fault
 
-_CREATE_ATTEMPTS = 3
 _SCHEMA_TIMEOUT = 60.0
-
-
-class Unset(enum.Enum):
-    """The type of :data:`UNSET`."""
-
-    UNSET = enum.auto()
-
-
-#: "Not given" for :meth:`SQLAlchemyKeyStore.update_key`, where ``None``
-#: means something (no rate limit of its own).
-UNSET = Unset.UNSET
 
 
 class SQLAlchemyKeyStore:
@@ -69,7 +58,9 @@ class SQLAlchemyKeyStore:
     :param bcrypt_rounds: bcrypt's cost for new keys (4 to 31).
     :param pepper: a server-side secret mixed into every hash and never
         stored; defaults to ``APIKEY_PEPPER``. Keys hashed with one pepper
-        only verify with the same pepper.
+        only verify with the same pepper: the database records a keyed
+        fingerprint of it, and a store with another is refused
+        (:mod:`~apikey_middleware.pepper`).
     :param cache_size: how many verified keys each process remembers, so
         bcrypt runs once per key rather than once per request; as many
         recently failed keys; and, in channel mode, as many key rows.
@@ -79,9 +70,6 @@ class SQLAlchemyKeyStore:
         when :mod:`~apikey_middleware.changes` says the database changed:
         at once on SQLite, when the notification arrives on PostgreSQL
         (milliseconds), within ``poll_interval`` on MySQL and MariaDB.
-        ``None`` (the default): ``"channel"`` for a SQLite file, where it
-        keeps the very-next-request guarantee at a lower cost, else
-        ``"immediate"``.
     :param poll_interval: seconds a cached row may be used where the
         database offers no change notice (MySQL, MariaDB).
     :param bcrypt_concurrency: how many bcrypt checks may run at once in
@@ -139,6 +127,7 @@ class SQLAlchemyKeyStore:
             revocation = default_revocation(self.engine)
         #: ``"immediate"`` or ``"channel"``: the mode the store runs in.
         self.revocation: Revocation = revocation
+        self._pepper = PepperCheck(self.engine, self.hasher)
         #: Where channel mode hears of changes (``None`` in immediate mode).
         self.channel: ChangeChannel | None = None
         if revocation == "channel":
@@ -151,11 +140,38 @@ class SQLAlchemyKeyStore:
             timeout=timeout,
             bcrypt_concurrency=bcrypt_concurrency,
             channel=self.channel,
+            on_verified=self._pepper.proven,
         )
         self._usage = UsageLog(self.engine)
+        self._closed = False
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.engine.url.render_as_string(hide_password=True)!r})"
+        return f"{type(self).__name__}({self.url!r})"
+
+    @property
+    def url(self) -> str:
+        """The database's URL, password hidden: for messages."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def check_setup(self) -> bool:
+        """Whether the database is set up for this store: ``False`` if its
+        tables are missing (run ``create_schema()`` / ``apikey init-db``; a
+        missing SQLite file is not created). For start-up.
+
+        :raises ValueError: the database's keys were made with another
+            pepper (the message names ``APIKEY_PEPPER``).
+        :raises StoreUnavailableError: the database did not answer.
+        """
+        if sqlite_file_missing(self.engine.url):
+            return False
+        try:
+            with self.engine.connect() as connection:
+                if not sa.inspect(connection).has_table(keys_table.name):
+                    return False
+                self._pepper.check(connection)
+        except exc.SQLAlchemyError as error:
+            raise StoreUnavailableError(describe_fault(error)) from None
+        return True
 
     def create_schema(self) -> None:
         """Create the store's tables where they are missing, and add the
@@ -165,6 +181,9 @@ class SQLAlchemyKeyStore:
         request may, so on a database server, from an engine the store made,
         they run on a connection of their own with a wait of at least a
         minute.
+
+        :raises ValueError: the database's keys were made with another
+            pepper (the message names ``APIKEY_PEPPER``).
         """
         engine = self.engine
         if self._owns_engine and engine.dialect.name != "sqlite":
@@ -172,6 +191,7 @@ class SQLAlchemyKeyStore:
         try:
             with engine.begin() as connection:
                 upgrade(connection)
+                self._pepper.check(connection)
         finally:
             if engine is not self.engine:
                 engine.dispose()
@@ -179,6 +199,7 @@ class SQLAlchemyKeyStore:
     def close(self) -> None:
         """Stop the change channel; close the pooled connections of an
         engine the store made."""
+        self._closed = True
         if self.channel is not None:
             self.channel.close()
         if self._owns_engine:
@@ -206,74 +227,43 @@ class SQLAlchemyKeyStore:
         key_type: str = "test",
         scopes: str | Iterable[str] = (),
         owner: str | None = None,
-        expires_at: datetime | None = None,
+        expires_at: datetime | timedelta | None = None,
         rate_limit: str | None = None,
     ) -> IssuedKey:
         """Make and store a new key; the returned
         :class:`~apikey_middleware.records.IssuedKey` is the only place its
         secret will ever be.
 
+        :param expires_at: an aware datetime, or a timedelta from now; in
+            the future.
         :param rate_limit: the key's own rate limit in the ``limits``
             notation, such as ``"100/minute"`` or ``"10/second;1000/hour"``
             (see :mod:`~apikey_middleware.ratelimit`); ``None``: the
             middleware's ``default_rate_limit`` applies.
         :raises ValueError: on a bad name, type, scope, owner, expiry or
-            rate limit.
+            rate limit, or when the database's usable keys were made with
+            another pepper.
         """
         if key_type not in KEY_TYPES:
             raise ValueError(
                 f"key_type must be one of {', '.join(KEY_TYPES)}, not {shown_safely(str(key_type))}"
             )
-        return self._issue(
-            t.cast(str, check_name("name", name)),
-            key_type,
-            normalize_scopes(scopes),
-            check_name("owner", owner, optional=True),
-            check_aware("expires_at", expires_at),
-            check_rate_limit("rate_limit", rate_limit),
+        name = t.cast(str, check_name("name", name))
+        scope_list = normalize_scopes(scopes)
+        owner = check_name("owner", owner, optional=True)
+        expiry_at = expiry("expires_at", expires_at)
+        limit = check_rate_limit("rate_limit", rate_limit)
+        self._pepper.claim()
+        return issue_key(
+            self.engine,
+            self.hasher,
+            name=name,
+            key_type=key_type,
+            scopes=scope_list,
+            owner=owner,
+            expires_at=expiry_at,
+            rate_limit=limit,
         )
-
-    def _issue(
-        self,
-        name: str,
-        key_type: str,
-        scope_list: tuple[str, ...],
-        owner: str | None,
-        expires_at: datetime | None,
-        rate_limit: str | None,
-        replaces: str | None = None,
-        retire: Callable[[Session, datetime], None] | None = None,
-    ) -> IssuedKey:
-        for attempt in range(1, _CREATE_ATTEMPTS + 1):
-            parsed = generate_key(key_type)
-            key_hash = self.hasher.hash(parsed.key)
-            now = utcnow()
-            model = ApiKey(
-                id=parsed.key_id,
-                name=name,
-                key_type=key_type,
-                key_hash=key_hash,
-                key_check=self.hasher.check_value(parsed.key),
-                scopes=" ".join(scope_list),
-                owner=owner,
-                created_at=now,
-                expires_at=expires_at,
-                replaces=replaces,
-                rate_limit=rate_limit,
-            )
-            try:
-                with self._session() as session, session.begin():
-                    if retire is not None:
-                        retire(session, now)
-                    session.add(model)
-                    announce(session.connection(), parsed.key_id)
-            except exc.IntegrityError:
-                # Two ids drawn alike (about 2**-72): draw again.
-                if attempt == _CREATE_ATTEMPTS:
-                    raise
-                continue
-            return IssuedKey(parsed.key, KeyRecord.from_model(model))
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def keys_without_check_value(self) -> list[str]:
         """Ids of the keys not revoked that were made before check values
@@ -335,6 +325,52 @@ class SQLAlchemyKeyStore:
             announce(session.connection(), key_id)
             return KeyRecord.from_model(model)
 
+    def update_key(
+        self,
+        key_id: str,
+        *,
+        name: str | Unset = UNSET,
+        scopes: str | Iterable[str] | Unset = UNSET,
+        expires_at: datetime | timedelta | Unset | None = UNSET,
+        rate_limit: str | Unset | None = UNSET,
+    ) -> KeyRecord:
+        """Change what is given of a key, and nothing else; the change holds
+        from the next request in every process, like a revoke.
+
+        :param expires_at: an aware datetime or a timedelta from now, in the
+            future; ``None`` removes the expiry.
+        :param rate_limit: its own rate limit in the ``limits`` notation, or
+            ``None`` for none (the middleware's ``default_rate_limit``
+            applies).
+        :raises KeyNotFoundError: no key has this id.
+        :raises ValueError: a bad value, or the key is revoked.
+        """
+        values: dict[str, t.Any] = {}
+        if not isinstance(name, Unset):
+            values["name"] = check_name("name", name)
+        if not isinstance(scopes, Unset):
+            values["scopes"] = " ".join(normalize_scopes(scopes))
+        if not isinstance(expires_at, Unset):
+            values["expires_at"] = expiry("expires_at", expires_at)
+        if not isinstance(rate_limit, Unset):
+            values["rate_limit"] = check_rate_limit("rate_limit", rate_limit)
+        if not isinstance(key_id, str) or not is_key_id(key_id):
+            raise KeyNotFoundError(str(key_id))
+        with self._session() as session, session.begin():
+            if values:
+                session.execute(
+                    sa.update(ApiKey)
+                    .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                    .values(**values)
+                )
+            model = session.get(ApiKey, key_id)
+            if model is None:
+                raise KeyNotFoundError(key_id)
+            if model.revoked_at is not None:
+                raise ValueError(f"key {key_id!r} is revoked and cannot be changed")
+            announce(session.connection(), key_id)
+            return KeyRecord.from_model(model)
+
     def rotate(self, key_id: str, *, grace: timedelta = timedelta(0)) -> IssuedKey:
         """Replace ``key_id`` with a new key of the same name, type, scopes,
         owner and rate limit; the old key keeps working for ``grace``, then
@@ -355,68 +391,20 @@ class SQLAlchemyKeyStore:
             raise KeyNotFoundError(str(key_id))
         if old.revoked_at is not None:
             raise ValueError(f"key {key_id!r} is revoked and cannot be rotated")
-        now = utcnow()
+        self._pepper.claim()
         lifetime = None if old.expires_at is None else old.expires_at - old.created_at
-
-        def retire(session: Session, now: datetime) -> None:
-            if grace:
-                end = now + grace
-                if old.expires_at is not None and old.expires_at < end:
-                    end = old.expires_at
-                change: dict[str, datetime] = {"expires_at": end}
-            else:
-                change = {"revoked_at": now}
-            result = session.execute(
-                sa.update(ApiKey)
-                .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-                .values(**change)
-            )
-            if t.cast(sa.CursorResult[t.Any], result).rowcount != 1:
-                raise ValueError(f"key {key_id!r} is revoked and cannot be rotated")
-            announce(session.connection(), key_id)
-
-        return self._issue(
-            old.name,
-            old.key_type,
-            normalize_scopes(old.scopes),  # as they are stored, checked again
-            old.owner,
-            None if lifetime is None else now + lifetime,
-            old.rate_limit,
+        return issue_key(
+            self.engine,
+            self.hasher,
+            name=old.name,
+            key_type=old.key_type,
+            scopes=normalize_scopes(old.scopes),  # as they are stored, checked again
+            owner=old.owner,
+            expires_at=None if lifetime is None else utcnow() + lifetime,
+            rate_limit=old.rate_limit,
             replaces=old.id,
-            retire=retire,
+            retire=retirement(old, grace),
         )
-
-    def update_key(self, key_id: str, *, rate_limit: str | Unset | None = UNSET) -> KeyRecord:
-        """Change what is given of ``key_id``'s record, nothing else.
-
-        The change holds from the next request in every process that uses
-        this database, as a revoke does.
-
-        :param rate_limit: its own rate limit in the ``limits`` notation, or
-            ``None`` for none (the middleware's ``default_rate_limit``
-            applies).
-        :raises KeyNotFoundError: no key has this id.
-        :raises ValueError: a bad value, or the key is revoked.
-        """
-        changes: dict[str, object] = {}
-        if rate_limit is not UNSET:
-            changes["rate_limit"] = check_rate_limit("rate_limit", rate_limit)
-        if not isinstance(key_id, str) or not is_key_id(key_id):
-            raise KeyNotFoundError(str(key_id))
-        with self._session() as session, session.begin():
-            if changes:
-                session.execute(
-                    sa.update(ApiKey)
-                    .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-                    .values(**changes)
-                )
-            model = session.get(ApiKey, key_id)
-            if model is None:
-                raise KeyNotFoundError(key_id)
-            if model.revoked_at is not None and changes:
-                raise ValueError(f"key {key_id!r} is revoked and cannot be changed")
-            announce(session.connection(), key_id)
-            return KeyRecord.from_model(model)
 
     # -- usage -----------------------------------------------------------
 
@@ -426,14 +414,21 @@ class SQLAlchemyKeyStore:
         """Write logged requests in one transaction and move each key's
         ``last_used_at`` forward (see
         :meth:`~apikey_middleware.usage_log.UsageLog.record`)."""
+        if self._closed and isinstance(self.engine.pool, SharedConnectionPool):
+            return  # an in-memory database closed: gone with its rows' keys
         self._usage.record(records, last_used=last_used)
 
     def usage(
-        self, key_id: str, *, since: datetime | None = None, limit: int | None = None
+        self,
+        key_id: str,
+        *,
+        since: datetime | timedelta | None = None,
+        limit: int | None = None,
     ) -> list[UsageRecord]:
         """The logged requests of ``key_id``, newest first.
 
-        :param since: only requests at or after this aware datetime.
+        :param since: only requests at or after this aware datetime, or in
+            this last timedelta.
         :param limit: at most this many.
         """
-        return self._usage.read(key_id, since=since, limit=limit)
+        return self._usage.read(key_id, since=moment("since", since), limit=limit)

@@ -122,6 +122,8 @@ class Verifier:
     :param bcrypt_concurrency: bcrypt checks that may run at once.
     :param channel: in channel mode, what says whether cached rows are
         still good; ``None`` reads the row on every request.
+    :param on_verified: called after a key passes bcrypt (once per key and
+        process): the store records there that its pepper is proven.
     """
 
     def __init__(
@@ -133,8 +135,10 @@ class Verifier:
         timeout: float = 5.0,
         bcrypt_concurrency: int = 1,
         channel: ChangeChannel | None = None,
+        on_verified: t.Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
+        self._on_verified = on_verified
         self.hasher = hasher
         self.timeout = timeout
         self.channel = channel
@@ -234,6 +238,8 @@ class Verifier:
             raise RejectedKeyError(parsed.key_id)
         if check is None:
             row = self._set_check(parsed.key_id, token, row)
+        if self._on_verified is not None:
+            self._on_verified()
         principal = Principal(
             parsed.key_id,
             row.name,

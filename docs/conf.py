@@ -97,7 +97,7 @@ nitpick_ignore_regex = [
     (
         "py:class",
         r"WSGIApplication|WSGIEnvironment|StartResponse|Engine|Connection|Response|datetime"
-        r"|Blueprint|RateLimitItem|Revocation",
+        r"|Blueprint|RateLimitItem|Revocation|ErrorHandler",
     ),
     # Type variables and private base classes (shown in "Bases:") have no page.
     ("py:class", r"apikey_middleware\.[\w.]*\.(F|_\w+)"),

@@ -1,9 +1,13 @@
-"""What both examples do before serving: a database and fresh demo keys."""
+"""What both examples do before serving: a free port, a database and fresh demo keys."""
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
+
+import sqlalchemy as sa
 
 from apikey_middleware import SQLAlchemyKeyStore
 
@@ -18,10 +22,28 @@ def ensure_sqlite_folder(url: str) -> None:
         Path(url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (checked before
+    any demo key is touched, so a second run cannot break the first)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def demo_name(name: str, port: int) -> str:
+    """A demo key's name: each port's server has its own keys."""
+    return f"{name} (port {port})"
+
+
 def issue_demo_keys(
     store: SQLAlchemyKeyStore, wanted: Sequence[tuple[str, Sequence[str]]]
 ) -> list[str]:
-    """Revoke the demo keys of earlier runs and issue ``(name, scopes)`` anew."""
+    """Revoke the demo keys of earlier runs on the same port (its server is
+    gone: the port was free) and issue ``(name, scopes)`` anew."""
     store.create_schema()
     names = {name for name, _ in wanted}
     for record in store.list_keys():
@@ -30,13 +52,34 @@ def issue_demo_keys(
     return [store.create_key(name, key_type="test", scopes=scopes).key for name, scopes in wanted]
 
 
+def cli_database_line(url: str) -> str:
+    """How to point ``apikey`` at the example's database, from any folder
+    (a password is not printed)."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        parsed = parsed.set(database=os.path.abspath(parsed.database))
+    line = f"    export APIKEY_DATABASE_URL={parsed.render_as_string(hide_password=True)}"
+    if parsed.password:
+        line += "   # with your password for ***"
+    return f"To manage its keys with the apikey command, in another terminal:\n\n{line}"
+
+
 def print_demo(
-    base: str, keys: Sequence[tuple[str, Sequence[str], str]], tries: Sequence[str]
+    base: str,
+    database_url: str,
+    keys: Sequence[tuple[str, Sequence[str], str]],
+    tries: Sequence[str],
+    *,
+    extra: Sequence[str] = (),
 ) -> None:
-    """Print each key once, with a warning, and ``curl`` lines to paste."""
+    """Print each key once, with a warning, ``curl`` lines to paste, and
+    how the command line reaches the same database."""
     print("\nDemo test keys. Each is shown once: store it now (the next run replaces them).\n")
     for name, scopes, key in keys:
         print(f"    {name} ({', '.join(scopes)}):\n    {key}\n")
+    print(cli_database_line(database_url) + "\n")
+    for line in extra:
+        print(line + "\n")
     print("Try:\n")
     for line in tries:
         print(f"    {line}\n")

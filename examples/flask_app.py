@@ -1,10 +1,16 @@
 """A Flask API guarded view by view with ``@require_scopes``.
 
-Run it with ``make run`` or ``python -m examples.flask_app``: it creates a
-SQLite database (``APIKEY_DATABASE_URL``, default ``instance/apikeys.db``),
-issues two demo test keys, prints each once with ``curl`` lines, and serves
-on 127.0.0.1:5000. Two demo accounts, with passwords made and printed at
-each run, sign in to the dashboard at ``/settings/api-keys``.
+Run it with ``make run`` (``make run PORT=5001`` for another port) or
+``python -m examples.flask_app``: it creates a SQLite database
+(``APIKEY_DATABASE_URL``, default ``instance/apikeys.db``), issues two demo
+test keys, prints each once with ``curl`` lines and the line that points
+the ``apikey`` command at the same database, and serves on 127.0.0.1:5000.
+Its OpenAPI 3.1 document is at ``/openapi.json``. Two demo accounts, with
+passwords made and printed at each run, sign in to the dashboard at
+``/settings/api-keys``.
+
+Every JSON body has one style, the package's error bodies': ``{"success":
+..., "data" or "error": ...}``, written as ``json.dumps`` writes it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import json
 import os
 import secrets
 import typing as t
@@ -30,19 +37,27 @@ from flask import (
     session,
     url_for,
 )
+from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+from werkzeug.sansio.response import Response as SansIOResponse
 from werkzeug.security import check_password_hash, generate_password_hash
 from werkzeug.wrappers import Response
 
+from apikey_middleware import SQLAlchemyKeyStore, StoreError
 from apikey_middleware.dashboard import create_dashboard, csrf_token_valid, secure_headers
-from apikey_middleware.flask import ApiKeys, current_principal, require_scopes
+from apikey_middleware.flask import ApiKeys, require_principal, require_scopes
 from examples._demo import (
     DEFAULT_DATABASE_URL,
     curl,
+    demo_name,
     ensure_sqlite_folder,
     issue_demo_keys,
+    port_is_free,
     print_demo,
 )
+from examples._openapi import openapi_document
 
 DEMO_KEYS: list[tuple[str, list[str]]] = [
     ("demo reader", ["clients:read"]),
@@ -78,18 +93,31 @@ class ClientBook:
         return self.rows[client_id]
 
 
+class SeedStyleJSON(DefaultJSONProvider):
+    """JSON as the error bodies are written: keys in the order given,
+    ``", "`` and ``": "`` between items, no newline at the end."""
+
+    sort_keys = False
+
+    def response(self, *args: t.Any, **kwargs: t.Any) -> SansIOResponse:
+        body = self.dumps(self._prepare_response_obj(args, kwargs))
+        return self._app.response_class(body, mimetype=self.mimetype)
+
+
+def error_body(code: str, message: str) -> dict[str, t.Any]:
+    """The seed's error shape, for the example's own errors."""
+    return {"success": False, "error": {"code": code, "message": message}}
+
+
 def book() -> ClientBook:
     return t.cast(ClientBook, current_app.extensions["example_clients"])
-
-
-def _caller() -> str | None:
-    return current_principal.key_id if current_principal else None
 
 
 @clients.get("")
 @require_scopes("clients:read")
 def list_clients() -> ResponseReturnValue:
-    return jsonify(success=True, data=list(book().rows.values()), key_id=_caller())
+    caller = require_principal()
+    return jsonify(success=True, data=list(book().rows.values()), key_id=caller.key_id)
 
 
 @clients.post("")
@@ -99,14 +127,14 @@ def create_client() -> ResponseReturnValue:
     if not isinstance(payload, dict) or not all(
         isinstance(payload.get(field), str) and payload[field] for field in ("name", "email")
     ):
-        return jsonify(success=False, error="send JSON with a name and an email"), 400
+        return jsonify(error_body("BAD_REQUEST", "send JSON with a name and an email")), 400
     return jsonify(success=True, data=book().add(payload["name"], payload["email"])), 201
 
 
 @clients.get("/<client_id>")
 @require_scopes("clients:read")
 def get_client(client_id: str) -> ResponseReturnValue:
-    row = book().rows.get(client_id) or abort(404)
+    row = book().rows.get(client_id) or abort(404, "No client has this id.")
     return jsonify(success=True, data=row)
 
 
@@ -114,7 +142,7 @@ def get_client(client_id: str) -> ResponseReturnValue:
 @require_scopes("clients:delete")
 def delete_client(client_id: str) -> ResponseReturnValue:
     if book().rows.pop(client_id, None) is None:
-        abort(404)
+        abort(404, "No client has this id.")
     return jsonify(success=True)
 
 
@@ -122,6 +150,7 @@ def create_app(config: Mapping[str, t.Any] | None = None) -> Flask:
     """The app factory: config from ``APIKEY_DATABASE_URL`` and
     ``APIKEY_REVOCATION``, then ``config``."""
     app = Flask(__name__)
+    app.json = SeedStyleJSON(app)
     app.config["APIKEY_DATABASE_URL"] = os.environ.get("APIKEY_DATABASE_URL", DEFAULT_DATABASE_URL)
     app.config["APIKEY_REVOCATION"] = os.environ.get("APIKEY_REVOCATION", "immediate")
     app.config.update(config or {})
@@ -136,10 +165,21 @@ def create_app(config: Mapping[str, t.Any] | None = None) -> Flask:
     def health() -> ResponseReturnValue:
         return jsonify(status="ok")
 
-    @app.errorhandler(404)
-    def not_found(error: Exception) -> ResponseReturnValue:
-        return jsonify(success=False, error="not found"), 404
+    @app.get("/openapi.json")
+    def openapi() -> ResponseReturnValue:
+        return jsonify(openapi_document(current_app))
 
+    # The example's own HTTP errors in the seed's shape (a refusal of
+    # @require_scopes is already in it, and keeps its headers).
+    def http_error(error: HTTPException) -> ResponseReturnValue:
+        response = error.get_response()
+        code = (error.name or "error").upper().replace(" ", "_")
+        response.set_data(json.dumps(error_body(code, error.description or "")))
+        response.content_type = "application/json"
+        return response
+
+    for status in (400, 404, 405, 500):
+        app.register_error_handler(status, http_error)
     return app
 
 
@@ -218,19 +258,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
 
+    if not port_is_free(args.host, args.port):
+        raise SystemExit(
+            f"Port {args.port} on {args.host} is in use (another `make run`?): stop that"
+            f" server, or serve on another port: make run PORT={args.port + 1}"
+        )
+    url = os.environ.get("APIKEY_DATABASE_URL", DEFAULT_DATABASE_URL)
+    ensure_sqlite_folder(url)
+    try:
+        setup = SQLAlchemyKeyStore(url)
+        setup.create_schema()  # as `flask apikeys init-db` would, before the app starts
+    except (ValueError, StoreError, SQLAlchemyError) as error:
+        raise SystemExit(f"Cannot set up the key database ({error})") from None
+    setup.close()
     passwords = {name: secrets.token_urlsafe(9) for name in DEMO_ACCOUNTS}
     accounts = {name: generate_password_hash(password) for name, password in passwords.items()}
     app = create_app({"EXAMPLE_ACCOUNTS": accounts})
-    print_accounts(f"http://{args.host}:{args.port}", passwords)
+    demo = [(demo_name(name, args.port), scopes) for name, scopes in DEMO_KEYS]
     with app.app_context():
-        reader, admin = issue_demo_keys(apikeys.store, DEMO_KEYS)
+        reader, admin = issue_demo_keys(apikeys.store, demo)
     base = f"http://{args.host}:{args.port}/v1/clients"
     print_demo(
         f"http://{args.host}:{args.port}",
-        [
-            (name, scopes, key)
-            for (name, scopes), key in zip(DEMO_KEYS, (reader, admin), strict=True)
-        ],
+        app.config["APIKEY_DATABASE_URL"],
+        [(name, scopes, key) for (name, scopes), key in zip(demo, (reader, admin), strict=True)],
         [
             curl("GET", base, reader),
             curl("POST", base, reader, '{"name": "Nova", "email": "nova@example.com"}')
@@ -238,7 +289,9 @@ def main(argv: list[str] | None = None) -> None:
             curl("POST", base, admin, '{"name": "Nova", "email": "nova@example.com"}'),
             curl("DELETE", f"{base}/1", admin),
         ],
+        extra=[f"The API's OpenAPI document: http://{args.host}:{args.port}/openapi.json"],
     )
+    print_accounts(f"http://{args.host}:{args.port}", passwords)
     app.run(args.host, args.port)
 
 

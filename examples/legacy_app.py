@@ -21,8 +21,10 @@ from apikey_middleware import ApiKeyMiddleware, Principal, SQLAlchemyKeyStore
 from examples._demo import (
     DEFAULT_DATABASE_URL,
     curl,
+    demo_name,
     ensure_sqlite_folder,
     issue_demo_keys,
+    port_is_free,
     print_demo,
 )
 
@@ -47,6 +49,11 @@ def _json(start_response: StartResponse, status: str, payload: object) -> list[b
     return [body]
 
 
+def _error(code: str, message: str) -> dict[str, t.Any]:
+    # The shape of the package's own error bodies.
+    return {"success": False, "error": {"code": code, "message": message}}
+
+
 def clients_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     """The app being guarded: it knows nothing of keys, only reads the principal."""
     path = environ.get("PATH_INFO", "")
@@ -66,10 +73,10 @@ def clients_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iter
         client = CLIENTS.get(match.group(1))
         if client is None:
             return _json(
-                start_response, "404 Not Found", {"success": False, "error": "no such client"}
+                start_response, "404 Not Found", _error("NOT_FOUND", "No client has this id.")
             )
         return _json(start_response, "200 OK", {"success": True, "data": client})
-    return _json(start_response, "404 Not Found", {"success": False, "error": "not found"})
+    return _json(start_response, "404 Not Found", _error("NOT_FOUND", "No such resource."))
 
 
 def make_app(store: SQLAlchemyKeyStore) -> ApiKeyMiddleware:
@@ -96,13 +103,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
 
+    if not port_is_free(args.host, args.port):
+        raise SystemExit(
+            f"Port {args.port} on {args.host} is in use (another `make run`?): stop that"
+            f" server, or serve on another port: make run-legacy PORT={args.port + 1}"
+        )
     url = os.environ.get("APIKEY_DATABASE_URL", DEFAULT_DATABASE_URL)
     ensure_sqlite_folder(url)
     store = SQLAlchemyKeyStore(url)
     scopes = ["clients:read"]
-    (key,) = issue_demo_keys(store, [(DEMO_KEY_NAME, scopes)])
+    name = demo_name(DEMO_KEY_NAME, args.port)
+    (key,) = issue_demo_keys(store, [(name, scopes)])
     base = f"http://{args.host}:{args.port}"
-    print_demo(base, [(DEMO_KEY_NAME, scopes, key)], [curl("GET", f"{base}/v1/clients", key)])
+    print_demo(base, url, [(name, scopes, key)], [curl("GET", f"{base}/v1/clients", key)])
     run_simple(args.host, args.port, make_app(store), threaded=True)
 
 

@@ -15,6 +15,7 @@ import time
 import typing as t
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,9 @@ from apikey_middleware.schema import metadata
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+# The fixture users get (apikey_store), and pytester to run their test files.
+pytest_plugins = ["apikey_middleware.testing", "pytester"]
 
 SERVER_URL_VARIABLES = {
     "postgresql": "APIKEY_TEST_POSTGRES_URL",
@@ -118,6 +122,20 @@ class Statements:
     def key_reads(self) -> int:
         """How many of them read the keys table."""
         return sum("FROM apikey_keys" in statement for statement in self.seen)
+
+
+def expire_now(store: SQLAlchemyKeyStore, key_id: str) -> None:
+    """Make a key expired, without waiting: an expiry in the past cannot be
+    given to the store (it refuses one that is not in the future)."""
+    from apikey_middleware._time import utcnow
+    from apikey_middleware.schema import ApiKey
+
+    with store.engine.begin() as connection:
+        connection.execute(
+            sa.update(ApiKey)
+            .where(ApiKey.id == key_id)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> float:

@@ -107,4 +107,5 @@ def test_alembic_autogenerate_builds_the_same_schema_as_create_schema(
         "apikey_usage",
         "apikey_leaks",
         "apikey_leak_reports",
+        "apikey_meta",
     }

@@ -51,14 +51,14 @@ def test_rotate_with_grace_keeps_both_working_until_it_ends(store: SQLAlchemyKey
     assert store.authenticate(parsed(new.key)).key_id == new.id
     old_record = store.get_key(old.id)
     assert old_record is not None
-    assert old_record.state() == "expiring"
+    assert old_record.state() == "active"  # until the grace ends
     assert old_record.expires_at is not None
     assert before + timedelta(seconds=1) <= old_record.expires_at <= before + timedelta(seconds=3)
     time.sleep(max(0.0, (old_record.expires_at - datetime.now(UTC)).total_seconds()) + 0.05)
     with pytest.raises(InvalidKeyError):
         store.authenticate(parsed(old.key))
-    assert store.authenticate(parsed(new.key)).key_id == new.id
     assert store.get_key(old.id).state() == "expired"  # type: ignore[union-attr]
+    assert store.authenticate(parsed(new.key)).key_id == new.id
 
 
 def test_grace_never_extends_a_key_that_expires_sooner(store: SQLAlchemyKeyStore) -> None:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import re
+import shlex
 import typing as t
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from werkzeug.test import Client
+
+from apikey_middleware.flask import require_scopes
+
+from .conftest import Statements
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SNIPPET_RE = re.compile(r"```python\n(.*?)```", re.DOTALL)
@@ -23,7 +28,7 @@ def readme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, t.Any]:
     namespace: dict[str, t.Any] = {"__name__": "readme"}
     for snippet in snippets:
         exec(compile(snippet, str(README), "exec"), namespace)  # noqa: S102
-    for name in ("store", "application", "issued", "create_app"):
+    for name in ("store", "application", "issued", "create_app", "problem_keys", "document"):
         assert name in namespace, f"the README no longer defines {name}"
     return namespace
 
@@ -47,6 +52,11 @@ def test_flask_snippet_guards_the_view(readme: dict[str, t.Any]) -> None:
     response = client.get("/v1/clients", headers={"Authorization": f"Bearer {issued.key}"})
     assert response.json == {"success": True, "data": [], "key_id": issued.id}
     assert client.get("/v1/clients").status_code == 401
+    statements = Statements(app.extensions["apikeys"].store)
+    assert client.get("/health", headers={"Authorization": f"Bearer {issued.key}"}).json == {
+        "status": "ok"
+    }
+    assert statements.seen == []  # an undecorated view reads no key
     assert client.get("/health", headers={"Authorization": "Bearer nonsense"}).status_code == 200
     readme["store"].revoke(issued.id)
     assert (
@@ -125,3 +135,68 @@ def test_rate_limit_snippets(readme: dict[str, t.Any]) -> None:
     assert shared.throttle.storage is storage  # the throttle counts in the same Redis
     assert shared.rate_limiter.default == "100/minute"
     storage.close()
+
+
+def python_snippets() -> list[str]:
+    return SNIPPET_RE.findall(README.read_text())
+
+
+def test_python_snippets_pass_mypy_strict(tmp_path: Path, pytestconfig: pytest.Config) -> None:
+    api = pytest.importorskip("mypy.api", reason="mypy is in the lint dependency group")
+    module = tmp_path / "readme_snippets.py"
+    module.write_text("\n\n".join(python_snippets()))
+    cache = pytestconfig.cache.mkdir("mypy-readme") if pytestconfig.cache else tmp_path
+    stdout, stderr, status = api.run(
+        [str(module), "--strict", "--cache-dir", str(cache), "--config-file", "/dev/null"]
+    )
+    assert status == 0, stdout + stderr
+
+
+def test_the_flask_sections_commands_set_up_the_apps_database(
+    readme: dict[str, t.Any], tmp_path: Path
+) -> None:
+    text = README.read_text()
+    section = text[text.index("## Decorate Flask views") : text.index("### Shape the refusals")]
+    commands = re.findall(r"^flask --app myapp (apikeys .*)$", section, re.MULTILINE)
+    assert commands[0] == "apikeys init-db"
+    app = readme["create_app"]()
+    runner = app.test_cli_runner()
+    for command in commands:
+        result = runner.invoke(args=shlex.split(command))
+        assert result.exit_code == 0, result.output
+    (record,) = [r for r in app.extensions["apikeys"].store.list_keys() if r.name == "first client"]
+    assert record.scopes == ("clients:read",)
+
+
+def test_the_error_hook_snippet_shapes_refusals(readme: dict[str, t.Any]) -> None:
+    app = Flask("problems")
+    app.config["APIKEY_DATABASE_URL"] = "sqlite:///apikeys.db"  # the README's database
+    readme["problem_keys"].init_app(app)
+
+    @app.get("/")
+    @require_scopes("clients:read")
+    def view() -> str:
+        return "never"
+
+    response = app.test_client().get("/")
+    assert response.status_code == 401
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="api"'
+    assert response.json == {"title": "No API key provided", "status": 401, "code": "UNAUTHORIZED"}
+
+
+def test_the_testing_snippet_runs_as_a_users_test_file(pytester: pytest.Pytester) -> None:
+    (snippet,) = [s for s in python_snippets() if "apikey_store" in s]
+    pytester.makeconftest('pytest_plugins = ["apikey_middleware.testing"]')
+    pytester.makepyfile(test_api=snippet)
+    result = pytester.runpytest_subprocess("-q", "-W", "error")
+    result.assert_outcomes(passed=1)
+
+
+def test_the_openapi_snippet_is_a_document(readme: dict[str, t.Any]) -> None:
+    document = readme["document"]
+    operation = document["paths"]["/v1/clients"]["get"]
+    assert operation["security"] == [{"ApiKey": ["clients:read"]}]
+    for reference in operation["responses"].values():
+        name = reference["$ref"].rsplit("/", 1)[1]
+        assert name in document["components"]["responses"]

@@ -16,7 +16,7 @@ from apikey_middleware import (
 from apikey_middleware.keys import generate_key
 from apikey_middleware.schema import ApiKey, metadata
 
-from .conftest import TEST_ROUNDS, StoreFactory, parsed
+from .conftest import TEST_ROUNDS, StoreFactory, expire_now, parsed
 
 
 def test_create_schema_is_idempotent(store: SQLAlchemyKeyStore) -> None:
@@ -103,7 +103,8 @@ def test_get_key_of_unknown_or_malformed_id_is_none(store: SQLAlchemyKeyStore) -
 def test_list_hides_revoked_keys_but_shows_expired_ones(store: SQLAlchemyKeyStore) -> None:
     active = store.create_key("active")
     revoked = store.create_key("revoked")
-    expired = store.create_key("expired", expires_at=datetime.now(UTC) + timedelta(microseconds=1))
+    expired = store.create_key("expired", expires_at=timedelta(hours=1))
+    expire_now(store, expired.id)
     store.revoke(revoked.id)
     listed = store.list_keys()
     assert [record.id for record in listed] == [active.id, expired.id]
@@ -153,7 +154,8 @@ def test_authenticate_refuses_unknown_wrong_revoked_and_expired_keys(
 ) -> None:
     revoked = store.create_key("revoked")
     store.revoke(revoked.id)
-    expired = store.create_key("expired", expires_at=datetime.now(UTC) + timedelta(microseconds=1))
+    expired = store.create_key("expired", expires_at=timedelta(hours=1))
+    expire_now(store, expired.id)
     real = store.create_key("real")
     # Same id, another secret: well formed, passes its checksum.
     wrong_secret = generate_key("test", real.id).key

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 import typing as t
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import click
 from sqlalchemy import exc
 
+from .._engine import sqlite_file_missing
 from ..errors import KeyNotFoundError
-from ..keys import holds_key, redact_keys, shown_safely
+from ..keys import PREFIXES, holds_key, key_prefix, parse_key, redact_keys, shown_safely
 from ..ratelimit import check_rate_limit
 from ..records import KeyRecord
 from ..scan import printable
@@ -22,6 +24,10 @@ from ..usage import UsageRecord
 
 DEFAULT_DATABASE_URL = "sqlite:///apikeys.db"
 STORE_FACTORY = "apikey_middleware.store_factory"
+#: Where a subcommand's own ``--database-url`` goes (it wins over the group's).
+DATABASE_URL = "apikey_middleware.database_url"
+# What the missing-table error of each backend says.
+_MISSING_TABLE = ("no such table", "does not exist", "doesn't exist")
 _UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 _DURATION_RE = re.compile(r"(?:(\d{1,6})([wdhms]))+")
 _DURATION_PART_RE = re.compile(r"(\d{1,6})([wdhms])")
@@ -110,11 +116,63 @@ def when(value: datetime | None) -> str:
     return "-" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def state_text(record: KeyRecord, now: datetime) -> str:
-    state = record.state(now)
-    if state == "expiring":
-        return f"expiring {when(record.expires_at)}"
-    return state
+def expiry_option(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> timedelta | None:
+    """A lifetime: a duration longer than none."""
+    lifetime = duration_option(ctx, param, value)
+    if lifetime is not None and not lifetime:
+        raise click.BadParameter("a key must live longer than 0: give 30d, 24h, ...", ctx, param)
+    return lifetime
+
+
+def moment_option(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """An ISO 8601 date or time (UTC unless it says otherwise), in the future."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{shown_safely(value)} is not a date such as 2031-12-31 or 2031-12-31T18:00+01:00",
+            ctx,
+            param,
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if moment <= datetime.now(UTC):
+        raise click.BadParameter(f"{when(moment)} is not in the future", ctx, param)
+    return moment
+
+
+def database_url_option(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    if value is not None:
+        ctx.meta[DATABASE_URL] = value
+    return value
+
+
+def group_path() -> str:
+    """How the user calls this command's group: ``apikey`` or ``flask apikeys``."""
+    ctx: click.Context | None = click.get_current_context()
+    while ctx is not None and not isinstance(ctx.command, Redacting):
+        ctx = ctx.parent
+    return "apikey" if ctx is None or ctx.command.name == "apikey" else "flask apikeys"
+
+
+def key_id_of(text: str) -> str:
+    """The key id ``text`` asks for: itself, or the id of the whole key it
+    is (the key is never repeated)."""
+    parsed = parse_key(text.strip())
+    if parsed is not None:
+        return parsed.key_id
+    if holds_key(text) or any(prefix in text for prefix in PREFIXES.values()):
+        raise click.ClickException(
+            "that looks like a key but is not a valid one (cut short or mistyped?);"
+            " give the whole key or its id (the value is not shown)"
+        )
+    return text
 
 
 def record_json(record: KeyRecord, now: datetime) -> dict[str, t.Any]:
@@ -123,7 +181,7 @@ def record_json(record: KeyRecord, now: datetime) -> dict[str, t.Any]:
 
     return {
         "id": record.id,
-        "prefix": record.prefix,
+        "prefix": key_prefix(record.key_type, record.id),
         "name": record.name,
         "key_type": record.key_type,
         "scopes": list(record.scopes),
@@ -161,17 +219,31 @@ def store_errors() -> Iterator[None]:
     except exc.SQLAlchemyError as error:
         cause = error.orig if isinstance(error, exc.DBAPIError) else error
         detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        if any(marker in detail for marker in _MISSING_TABLE) and "apikey_" in detail:
+            raise click.ClickException(
+                f"the API key tables are missing from this database: run '{group_path()} init-db'"
+            ) from None
         raise click.ClickException(
-            f"database error ({detail}); is the database reachable, and set up with 'init-db'?"
+            f"database error ({detail}); is the database reachable, and set up with"
+            f" '{group_path()} init-db'?"
         ) from None
 
 
-def store() -> SQLAlchemyKeyStore:
+def store(*, create: bool = False) -> SQLAlchemyKeyStore:
+    """The store of the command's database. Only with ``create`` (init-db)
+    may a SQLite file be made: any other command reports a missing one."""
     factory = click.get_current_context().meta.get(STORE_FACTORY)
     if factory is None:  # pragma: no cover - both groups set it
         raise click.ClickException("no key store is configured")
     with store_errors():
-        return t.cast(SQLAlchemyKeyStore, factory())
+        key_store = t.cast(SQLAlchemyKeyStore, factory())
+    path = key_store.engine.url.database
+    if not create and path and sqlite_file_missing(key_store.engine.url):
+        raise click.ClickException(
+            f"no database at {shown(os.path.abspath(path))}: run '{group_path()} init-db'"
+            " to create it, or name the database with --database-url or APIKEY_DATABASE_URL"
+        )
+    return key_store
 
 
 def store_command(function: Callable[..., None]) -> Callable[..., None]:
@@ -186,6 +258,8 @@ def store_command(function: Callable[..., None]) -> Callable[..., None]:
 
 
 def get_record(key_id: str) -> KeyRecord:
+    """The record of the key ``key_id`` names (an id or a whole key)."""
+    key_id = key_id_of(key_id)
     record = store().get_key(key_id)
     if record is None:
         raise KeyNotFoundError(key_id)

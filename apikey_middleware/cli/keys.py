@@ -3,26 +3,39 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+import os
+import shutil
+import sys
+import typing as t
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 import click
+from click.core import ParameterSource
 
 from .. import leaks
 from .._time import utcnow
 from ..keys import KEY_TYPES
 from ..ratelimit import check_rate_limit
-from ..records import IssuedKey
+from ..records import IssuedKey, KeyRecord
 from ._common import (
     duration_option,
+    expiry_option,
     get_record,
+    group_path,
+    moment_option,
     rate_limit_option,
     record_json,
     shown,
-    state_text,
     store,
     store_command,
     when,
 )
+
+# Columns that give way, in this order, when a listing is wider than the
+# terminal: first cut down (to their minimum width), then left out.
+_SHRINKING = {"NAME": 12, "SCOPES": 12}
+_DROPPED = ("CREATED", "RATE LIMIT", "PREFIX", "LAST USED", "TYPE")
 
 
 def _show_issued(issued: IssuedKey, what: str) -> None:
@@ -44,7 +57,7 @@ def _show_issued(issued: IssuedKey, what: str) -> None:
 def init_db() -> None:
     """Create the key and usage tables, or bring older ones up to date
     (safe to run again)."""
-    store().create_schema()
+    store(create=True).create_schema()
     click.echo("API key tables are ready.")
     unchecked = store().keys_without_check_value()
     if unchecked:
@@ -57,19 +70,28 @@ def init_db() -> None:
         )
 
 
+def _expiry(expires_in: timedelta | None, expires_at: datetime | None) -> datetime | None:
+    if expires_in is not None and expires_at is not None:
+        raise click.UsageError("give --expires-in or --expires-at, not both")
+    return utcnow() + expires_in if expires_in is not None else expires_at
+
+
+_EXPIRES_IN_HELP = "Lifetime from now, e.g. 30d, 24h, 15m (more than 0)."
+_EXPIRES_AT_HELP = "End of life, ISO 8601: 2031-12-31 or 2031-12-31T18:00+01:00 (UTC if no offset)."
+_RATE_LIMIT_HELP = "Requests allowed, e.g. 100/minute or '10/second;1000/hour' (default: app's)."
+
+
 @click.command()
-@click.option("--name", required=True, help="What the key is for.")
-@click.option("--type", "key_type", type=click.Choice(KEY_TYPES), default="test", show_default=True)
+@click.option("--name", required=True, help="What the key is for, shown in listings.")
+@click.option("--type", "key_type", type=click.Choice(KEY_TYPES), default="test", show_default=True,
+              help="test: a key for development; live: a key for production.")  # fmt: skip
 @click.option(
     "--scope", "scopes", multiple=True, help="A permission, e.g. clients:read. Repeatable."
 )
-@click.option("--owner", help="Who the key belongs to.")
-@click.option("--expires-in", callback=duration_option, help="Lifetime, e.g. 30d, 24h, 15m.")
-@click.option(
-    "--rate-limit",
-    callback=rate_limit_option,
-    help="Requests allowed, e.g. 100/minute or '10/second;1000/hour' (default: the app's).",
-)
+@click.option("--owner", help="Who the key belongs to (an account id).")
+@click.option("--expires-in", callback=expiry_option, help=_EXPIRES_IN_HELP)
+@click.option("--expires-at", callback=moment_option, help=_EXPIRES_AT_HELP)
+@click.option("--rate-limit", callback=rate_limit_option, help=_RATE_LIMIT_HELP)
 @store_command
 def create(
     name: str,
@@ -77,28 +99,91 @@ def create(
     scopes: tuple[str, ...],
     owner: str | None,
     expires_in: timedelta | None,
+    expires_at: datetime | None,
     rate_limit: str | None,
 ) -> None:
     """Create a key and print it, once."""
-    expires_at = None if expires_in is None else utcnow() + expires_in
     issued = store().create_key(
         name,
         key_type=key_type,
         scopes=scopes,
         owner=owner,
-        expires_at=expires_at,
+        expires_at=_expiry(expires_in, expires_at),
         rate_limit=rate_limit,
     )
     _show_issued(issued, "Created")
 
 
+def _fit(header: Sequence[str], rows: list[tuple[str, ...]], width: int) -> list[list[str]]:
+    """The table cut to ``width`` columns: long names and scopes shortened
+    (ending in "…"), then the least needed columns left out."""
+    columns = list(header)
+    table = [list(header), *map(list, rows)]
+
+    def widths() -> list[int]:
+        return [max(len(row[i]) for row in table) for i in range(len(columns))]
+
+    def total() -> int:
+        return sum(widths()) + 2 * (len(columns) - 1)
+
+    for name, least in _SHRINKING.items():
+        over = total() - width
+        index = columns.index(name)
+        room = widths()[index] - max(least, len(name))
+        if over > 0 and room > 0:
+            cut = widths()[index] - min(over, room)
+            for row in table[1:]:
+                if len(row[index]) > cut:
+                    row[index] = row[index][: cut - 1].rstrip() + "…"
+    for name in _DROPPED:
+        if total() <= width:
+            break
+        index = columns.index(name)
+        del columns[index]
+        for row in table:
+            del row[index]
+    return table
+
+
+def _width() -> int | None:
+    """The terminal's width (or COLUMNS), if the output goes to one."""
+    if "COLUMNS" in os.environ or sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
+def _list_rows(records: Sequence[KeyRecord], now: datetime) -> list[tuple[str, ...]]:
+    return [
+        (
+            record.id,
+            record.prefix,
+            shown(record.name),
+            record.key_type,
+            shown(" ".join(record.scopes)) if record.scopes else "-",
+            shown(record.rate_limit),
+            when(record.created_at),
+            when(record.last_used_at),
+            record.state(now),
+        )
+        for record in records
+    ]
+
+
 @click.command("list")
 @click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option("--owner", help="Only the keys of this owner.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON array of the records, whole (no column is cut).")  # fmt: skip
 @store_command
-def list_keys(include_revoked: bool, as_json: bool) -> None:
-    """List keys: id, prefix, name, type, scopes, rate limit, created, last used, state."""
-    records = store().list_keys(include_revoked=include_revoked)
+def list_keys(include_revoked: bool, owner: str | None, as_json: bool) -> None:
+    """List keys: id, prefix, name, type, scopes, rate limit, created, last
+    used, state.
+
+    On a terminal the table fits its width (or COLUMNS): long names and
+    scopes are shortened, then columns left out; --json has every field
+    whole.
+    """
+    records = store().list_keys(include_revoked=include_revoked, owner=owner)
     now = utcnow()
     if as_json:
         click.echo(json.dumps([record_json(record, now) for record in records], indent=2))
@@ -117,26 +202,17 @@ def list_keys(include_revoked: bool, as_json: bool) -> None:
         "LAST USED",
         "STATE",
     )
-    rows = [header] + [
-        (
-            record.id,
-            record.prefix,
-            shown(record.name),
-            record.key_type,
-            shown(" ".join(record.scopes)) if record.scopes else "-",
-            shown(record.rate_limit),
-            when(record.created_at),
-            when(record.last_used_at),
-            state_text(record, now),
-        )
-        for record in records
-    ]
-    widths = [max(len(row[column]) for row in rows) for column in range(len(header) - 1)]
-    for row in rows:
+    rows = _list_rows(records, now)
+    # Cut to a terminal's width, not when the output goes to a file or pipe.
+    width = _width()
+    table = _fit(header, rows, width) if width else [list(header), *map(list, rows)]
+    widths = [max(len(row[column]) for row in table) for column in range(len(table[0]) - 1)]
+    for row in table:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         click.echo("  ".join([*cells, row[-1]]))
 
 
+_ID_HELP = "ID is a key id, or the whole key (its id is used; the key is never printed)."
 _LATEST_LEAKS = 20
 
 
@@ -148,7 +224,7 @@ def _leak_count(recorded: int, shown_here: int) -> str:
     return f"{recorded} recorded"
 
 
-@click.command()
+@click.command(epilog=_ID_HELP)
 @click.argument("key_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.option("--all", "all_leaks", is_flag=True, help="Every recorded leak, not the latest 20.")
@@ -169,14 +245,14 @@ def show(key_id: str, as_json: bool, all_leaks: bool) -> None:
         ("name", shown(record.name)),
         ("type", record.key_type),
         ("scopes", shown(" ".join(record.scopes)) if record.scopes else "-"),
-        ("owner", shown(record.owner)),
         ("limit", shown(record.rate_limit)),
+        ("owner", shown(record.owner)),
         ("created", when(record.created_at)),
         ("expires", when(record.expires_at)),
         ("revoked", when(record.revoked_at)),
         ("last used", when(record.last_used_at)),
         ("replaces", record.replaces or "-"),
-        ("state", state_text(record, now)),
+        ("state", record.state(now)),
         ("leaks", _leak_count(recorded, len(found))),
     ):
         click.echo(f"{label + ':':11}{value}")
@@ -185,7 +261,60 @@ def show(key_id: str, as_json: bool, all_leaks: bool) -> None:
         click.echo(f"{'':11}{when(leak.reported_at)}  {leak.action:8} {where}")
 
 
-@click.command()
+@click.command(epilog=_ID_HELP)
+@click.argument("key_id", metavar="ID")
+@click.option("--name", help="A new name.")
+@click.option("--scope", "scopes", multiple=True,
+              help="The key's permissions from now on, replacing its own. Repeatable.")  # fmt: skip
+@click.option("--expires-in", callback=expiry_option, help=_EXPIRES_IN_HELP)
+@click.option("--expires-at", callback=moment_option, help=_EXPIRES_AT_HELP)
+@click.option("--no-expiry", is_flag=True, help="Let the key live until it is revoked.")
+@click.option(
+    "--rate-limit",
+    help="Requests allowed, e.g. 100/minute or '10/second;1000/hour'; 'none': the app's default.",
+)
+@store_command
+def update(
+    key_id: str,
+    name: str | None,
+    scopes: tuple[str, ...],
+    expires_in: timedelta | None,
+    expires_at: datetime | None,
+    no_expiry: bool,
+    rate_limit: str | None,
+) -> None:
+    """Change a key's name, scopes, expiry or rate limit; the rest stays as
+    it is.
+
+    Holds from the next request, in every process, like a revoke.
+    """
+    record = get_record(key_id)
+    expiry = _expiry(expires_in, expires_at)
+    if no_expiry and expiry is not None:
+        raise click.UsageError("give --no-expiry or a new expiry, not both")
+    changes: dict[str, t.Any] = {}
+    if name is not None:
+        changes["name"] = name
+    if scopes:
+        changes["scopes"] = scopes
+    if expiry is not None or no_expiry:
+        changes["expires_at"] = expiry
+    if rate_limit is not None:
+        limit = None if rate_limit.strip().lower() == "none" else rate_limit
+        try:
+            changes["rate_limit"] = check_rate_limit("rate limit", limit)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="'--rate-limit'") from None
+    if not changes:
+        raise click.UsageError("nothing to change: give --name, --scope, an expiry or --rate-limit")
+    record = store().update_key(record.id, **changes)
+    click.echo(f"Updated key {record.id} ({shown(record.name)}):")
+    click.echo(f"scopes: {shown(' '.join(record.scopes)) if record.scopes else '(none)'}")
+    click.echo(f"expires: {when(record.expires_at) if record.expires_at else 'never'}")
+    click.echo(f"rate limit {shown(record.rate_limit) if record.rate_limit else 'the default'}")
+
+
+@click.command(epilog=_ID_HELP)
 @click.argument("key_id", metavar="ID")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @store_command
@@ -201,11 +330,11 @@ def revoke(key_id: str, yes: bool) -> None:
             " This cannot be undone",
             abort=True,
         )
-    record = store().revoke(key_id)
+    record = store().revoke(record.id)
     click.echo(f"Revoked key {record.id} ({shown(record.name)}) at {when(record.revoked_at)}.")
 
 
-@click.command()
+@click.command(epilog=_ID_HELP)
 @click.argument("key_id", metavar="ID")
 @click.option(
     "--grace",
@@ -214,35 +343,27 @@ def revoke(key_id: str, yes: bool) -> None:
     show_default=True,
     help="How long the old key keeps working, e.g. 24h; 0 revokes it now.",
 )
+@click.pass_context
 @store_command
-def rotate(key_id: str, grace: timedelta) -> None:
-    """Replace a key with a new one; print the new key, once."""
-    issued = store().rotate(key_id, grace=grace)
-    _show_issued(issued, f"Rotated {key_id}: new")
+def rotate(ctx: click.Context, key_id: str, grace: timedelta) -> None:
+    """Replace a key with a new one; print the new key, once.
+
+    The new key has the old one's name, type, scopes and owner. By default
+    (--grace 0) the old key stops working at once: give --grace 24h to let
+    clients switch over.
+    """
     old = get_record(key_id)
+    issued = store().rotate(old.id, grace=grace)
+    _show_issued(issued, f"Rotated {old.id}: new")
+    old = get_record(old.id)
     if old.revoked_at is not None:
-        click.echo(f"The old key {key_id} is revoked.")
+        click.echo(f"The old key {old.id} is revoked.")
+        if ctx.get_parameter_source("grace") is ParameterSource.DEFAULT:
+            click.echo(
+                f"Warning: with the default grace of 0 the old key stopped working now;"
+                f" to let clients switch over, rotate with a grace period, such as"
+                f" '{group_path()} rotate ID --grace 24h'.",
+                err=True,
+            )
     else:
-        click.echo(f"The old key {key_id} keeps working until {when(old.expires_at)}.")
-
-
-@click.command()
-@click.argument("key_id", metavar="ID")
-@click.option(
-    "--rate-limit",
-    help="Requests allowed, e.g. 100/minute or '10/second;1000/hour'; 'none': the app's default.",
-)
-@store_command
-def update(key_id: str, rate_limit: str | None) -> None:
-    """Change a key: from the next request on, in every process."""
-    if rate_limit is None:
-        raise click.UsageError("nothing to change: give --rate-limit")
-    limit = None if rate_limit.strip().lower() == "none" else rate_limit
-    try:
-        check_rate_limit("rate limit", limit)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="'--rate-limit'") from None
-    record = store().update_key(get_record(key_id).id, rate_limit=limit)
-    click.echo(
-        f"Updated key {record.id} ({shown(record.name)}): rate limit {shown(record.rate_limit)}."
-    )
+        click.echo(f"The old key {old.id} keeps working until {when(old.expires_at)}.")
