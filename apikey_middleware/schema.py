@@ -8,6 +8,8 @@ that autogenerate from it name :class:`UTCDateTime`, so add
 from __future__ import annotations
 
 import typing as t
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -182,17 +184,52 @@ def upgrade(connection: Connection) -> list[str]:
     the keys table made by plain SQL (see
     :func:`~apikey_middleware.changes.install_notify_trigger`).
     """
-    metadata.create_all(connection)
-    inspector = sa.inspect(connection)
-    added = []
-    for table_name, column_name in ADDED_COLUMNS:
-        present = {column["name"] for column in inspector.get_columns(table_name)}
-        if column_name in present:
-            continue
-        table = metadata.tables[table_name]
-        column = sa.schema.CreateColumn(table.c[column_name]).compile(dialect=connection.dialect)
-        name = connection.dialect.identifier_preparer.format_table(table)
-        connection.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {column}")
-        added.append(f"{table_name}.{column_name}")
-    install_notify_trigger(connection)
+    with _one_at_a_time(connection):
+        metadata.create_all(connection)
+        inspector = sa.inspect(connection)
+        added = []
+        for table_name, column_name in ADDED_COLUMNS:
+            present = {column["name"] for column in inspector.get_columns(table_name)}
+            if column_name in present:
+                continue
+            table = metadata.tables[table_name]
+            column = sa.schema.CreateColumn(table.c[column_name]).compile(
+                dialect=connection.dialect
+            )
+            name = connection.dialect.identifier_preparer.format_table(table)
+            connection.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {column}")
+            added.append(f"{table_name}.{column_name}")
+        install_notify_trigger(connection)
     return added
+
+
+#: The PostgreSQL advisory lock and MySQL named lock that schema changes take.
+SCHEMA_LOCK = "apikey_middleware.schema"
+_SCHEMA_LOCK_ID = 0x61706B6D  # "apkm"
+
+
+@contextmanager
+def _one_at_a_time(connection: Connection) -> Iterator[None]:
+    """Serialise schema changes on a database server.
+
+    Every worker of a server may call ``create_schema()`` as it starts; two
+    that look for a table at once both try to create it, and one fails.
+    SQLite has no such lock: the store retries there instead.
+    """
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        # Held until the transaction ends, with the schema changes it made.
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _SCHEMA_LOCK_ID})
+        yield
+    elif dialect in ("mysql", "mariadb"):
+        # MySQL commits each DDL statement: a named lock, released by hand.
+        name = f"{SCHEMA_LOCK}.{connection.engine.url.database or ''}"[:64]
+        taken = connection.scalar(sa.text("SELECT GET_LOCK(:name, 60)"), {"name": name})
+        if taken != 1:
+            raise sa.exc.OperationalError("SELECT GET_LOCK", {}, TimeoutError(SCHEMA_LOCK))
+        try:
+            yield
+        finally:
+            connection.scalar(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+    else:
+        yield

@@ -45,6 +45,8 @@ from .usage_log import UsageLog
 from .verifier import DEFAULT_CACHE_SIZE, Verifier, describe_fault
 
 _SCHEMA_TIMEOUT = 60.0
+#: Tries of a SQLite schema change that met a table another process made.
+_SCHEMA_ATTEMPTS = 3
 
 
 class SQLAlchemyKeyStore:
@@ -190,9 +192,19 @@ class SQLAlchemyKeyStore:
         if self._owns_engine and engine.dialect.name != "sqlite":
             engine = create_store_engine(engine.url, timeout=max(self.timeout, _SCHEMA_TIMEOUT))
         try:
-            with engine.begin() as connection:
-                upgrade(connection)
-                self._pepper.check(connection)
+            for attempt in range(1, _SCHEMA_ATTEMPTS + 1):
+                try:
+                    with engine.begin() as connection:
+                        upgrade(connection)
+                        self._pepper.check(connection)
+                    break
+                except exc.OperationalError as error:
+                    # SQLite: another process made the table between our look
+                    # and our CREATE; the next look sees it.
+                    if engine.dialect.name != "sqlite" or attempt == _SCHEMA_ATTEMPTS:
+                        raise
+                    if "already exists" not in str(error.orig):
+                        raise
         finally:
             if engine is not self.engine:
                 engine.dispose()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import bcrypt
@@ -15,7 +18,7 @@ from apikey_middleware.cli import main
 from apikey_middleware.hashing import KeyHasher
 from apikey_middleware.keys import generate_key
 from apikey_middleware.leaks import leaks_of
-from apikey_middleware.schema import ApiKey, metadata
+from apikey_middleware.schema import ApiKey, metadata, upgrade
 
 from .conftest import TEST_ROUNDS, StoreFactory
 from .legacy_schema import fill_0_1, legacy_metadata
@@ -108,3 +111,43 @@ def test_init_db_tells_which_old_keys_lack_a_check_value(
     assert store.keys_without_check_value() == [key_id]
     store.authenticate(key)  # its first use completes the row
     assert store.keys_without_check_value() == []
+
+
+RACER = """
+import sys, time
+from apikey_middleware import SQLAlchemyKeyStore
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+store = SQLAlchemyKeyStore(sys.argv[1])
+store.create_schema()
+store.close()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("state", ["empty", "made"])
+def test_workers_that_all_create_the_schema_at_start_up_all_start(
+    database_url: str, state: str
+) -> None:
+    """Six processes call ``create_schema()`` at the same instant, as the
+    workers of a server whose app does so at import: every one succeeds,
+    on an empty database and on one whose tables (and trigger) exist."""
+    engine = sa.create_engine(database_url)
+    metadata.drop_all(engine)
+    if state == "made":
+        with engine.begin() as connection:
+            upgrade(connection)
+    engine.dispose()
+    start = time.time() + 3
+    racers = [
+        subprocess.Popen(  # noqa: S603
+            [sys.executable, "-c", RACER, database_url, str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    outputs = [racer.communicate(timeout=120)[0] for racer in racers]
+    failed = [output for racer, output in zip(racers, outputs, strict=True) if racer.returncode]
+    assert not failed, failed[0]
