@@ -12,16 +12,19 @@ import ast
 import inspect
 import pkgutil
 import re
+import shlex
 import typing as t
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from flask import Flask
 from werkzeug.test import Client
 
 import apikey_middleware
 from apikey_middleware import ApiKeyMiddleware, SQLAlchemyKeyStore
+from apikey_middleware.cli import main
 from apikey_middleware.flask import ApiKeys
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -122,21 +125,31 @@ def test_every_public_module_has_an_api_page() -> None:
     assert listed == public_modules(), "docs/api.rst: the autosummary list of modules"
 
 
-def test_quickstart_snippet_guards_the_app(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_quickstart_commands_and_snippet_guard_the_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("APIKEY_BCRYPT_ROUNDS", "4")
     text = (DOCS / "quickstart.md").read_text()
+    commands = re.findall(r"^apikey (.+)$", text.split("## Guard an app")[1], re.MULTILINE)
+    assert commands[0].endswith("init-db")
+    assert " create " in commands[1]
+    outputs = []
+    for command in commands[:2]:
+        result = CliRunner().invoke(main, shlex.split(command))
+        assert result.exit_code == 0, result.output
+        outputs.append(result.stdout)
+    (key,) = re.findall(r"^\s+(sk_test_\w+)$", outputs[1], re.MULTILINE)
     (snippet,) = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    assert "create_schema" not in snippet
+    assert "create_key" not in snippet
     namespace: dict[str, t.Any] = {"__name__": "quickstart"}
     exec(compile(snippet, str(DOCS / "quickstart.md"), "exec"), namespace)  # noqa: S102
-    issued = namespace["issued"]
-    assert capsys.readouterr().out == issued.key + "\n"
     client = Client(namespace["app"])
-    headers = {"Authorization": f"Bearer {issued.key}"}
+    headers = {"Authorization": f"Bearer {key}"}
     assert client.get("/reports", headers=headers).get_data() == b"hello first client"
     assert client.get("/reports").status_code == 401
-    namespace["store"].revoke(issued.id)
+    namespace["store"].revoke(key[8:22])
     assert client.get("/reports", headers=headers).status_code == 401
     namespace["app"].close()
     namespace["store"].close()

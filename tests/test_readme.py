@@ -8,21 +8,28 @@ import typing as t
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from flask import Flask
 from werkzeug.test import Client
 
+from apikey_middleware.cli import main
 from apikey_middleware.flask import require_scopes
 
 from .conftest import Statements
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SNIPPET_RE = re.compile(r"```python\n(.*?)```", re.DOTALL)
+INIT_DB = re.compile(r"^apikey (--database-url sqlite:///apikeys.db init-db)$", re.MULTILINE)
 
 
 @pytest.fixture
 def readme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, t.Any]:
     """Run every Python snippet of the README in order, in an empty folder."""
     monkeypatch.chdir(tmp_path)
+    # As the README says, before its first snippet: the tables, once.
+    (command,) = INIT_DB.findall(README.read_text())
+    init = CliRunner().invoke(main, shlex.split(command))
+    assert init.exit_code == 0, init.output
     snippets = SNIPPET_RE.findall(README.read_text())
     assert len(snippets) >= 3
     namespace: dict[str, t.Any] = {"__name__": "readme"}
@@ -145,7 +152,8 @@ def test_python_snippets_pass_mypy_strict(tmp_path: Path, pytestconfig: pytest.C
     api = pytest.importorskip("mypy.api", reason="mypy is in the lint dependency group")
     module = tmp_path / "readme_snippets.py"
     module.write_text("\n\n".join(python_snippets()))
-    cache = pytestconfig.cache.mkdir("mypy-readme") if pytestconfig.cache else tmp_path
+    cache_plugin = getattr(pytestconfig, "cache", None)  # None under -p no:cacheprovider
+    cache = cache_plugin.mkdir("mypy-readme") if cache_plugin else tmp_path
     stdout, stderr, status = api.run(
         [str(module), "--strict", "--cache-dir", str(cache), "--config-file", "/dev/null"]
     )
