@@ -64,9 +64,16 @@ docs: $(VENV)/.installed-docs
 # Branch coverage of the package, printed after the tests (pyproject.toml).
 # pytest exits 5 when it ran no test: that is a failure too, and said so.
 # The test set is installed first: it holds what lint and docs need.
+# Without every server (PostgreSQL, MySQL, Redis) the tests that need one skip,
+# and coverage is reported without its floor, which holds where all run (CI).
+ifeq ($(and $(APIKEY_TEST_POSTGRES_URL),$(APIKEY_TEST_MYSQL_URL),$(APIKEY_TEST_REDIS_URL)),)
+COVERAGE_FLOOR := --cov-fail-under=0
+endif
 test: $(VENV)/.installed-test lint docs
-	$(BIN)/pytest --cov --cov-report=term $(PYTEST_ARGS) || { status=$$?; \
+	$(BIN)/pytest --cov --cov-report=term $(COVERAGE_FLOOR) $(PYTEST_ARGS) || { status=$$?; \
 	  [ $$status -ne 5 ] || echo "pytest ran no tests" >&2; exit $$status; }
+	@[ -z "$(COVERAGE_FLOOR)" ] || echo "Coverage floor not applied: set APIKEY_TEST_POSTGRES_URL," \
+	  "APIKEY_TEST_MYSQL_URL and APIKEY_TEST_REDIS_URL to run every test (see README)."
 
 # The suite without the real-server tests (marked slow), and without the docs.
 quick: $(VENV)/.installed-test lint
