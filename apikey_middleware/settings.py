@@ -3,6 +3,7 @@ checked before anything is built from it, so an error names its setting."""
 
 from __future__ import annotations
 
+import os
 import typing as t
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -150,4 +151,9 @@ class Settings:
             name.removeprefix("APIKEY_").lower(): check(name, config.get(name, default))
             for name, (default, check) in SETTINGS.items()
         }
+        if values["database_url"] is None and os.environ.get("APIKEY_DATABASE_URL"):
+            # Where the config names none, the database the `apikey` command uses.
+            values["database_url"] = _database_url(
+                "APIKEY_DATABASE_URL (environment)", os.environ["APIKEY_DATABASE_URL"]
+            )
         return cls(**values)

@@ -53,6 +53,14 @@ def server_url(backend: str) -> str:
     return url
 
 
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's shell may export what ``make run`` printed: the tests
+    name their own database and pepper."""
+    for name in ("APIKEY_DATABASE_URL", "APIKEY_PEPPER", "APIKEY_BCRYPT_ROUNDS"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database on each backend; its tables are dropped afterwards."""

@@ -5,9 +5,13 @@ hook, views get the principal typed, and setup mistakes are said at start-up."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import typing as t
 from pathlib import Path
 
+import click
 import pytest
 import sqlalchemy as sa
 from flask import Flask, jsonify
@@ -294,6 +298,47 @@ def test_missing_tables_are_a_warning_at_start_naming_init_db(
     app.extensions["apikeys"].store.close()
 
 
+FLASK_APP = """
+from flask import Flask
+from apikey_middleware.flask import ApiKeys
+
+app = Flask(__name__)
+ApiKeys(app)
+"""
+
+
+def test_flask_apikeys_init_db_does_not_first_warn_to_run_itself(tmp_path: Path) -> None:
+    (tmp_path / "keysapp.py").write_text(FLASK_APP)
+    env = {**os.environ, "APIKEY_DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}"}
+    flask = [str(Path(sys.executable).with_name("flask")), "--app", "keysapp", "apikeys"]
+    made = subprocess.run(  # noqa: S603
+        [*flask, "init-db"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert made.returncode == 0, made.stderr
+    assert "missing" not in made.stderr + made.stdout
+    listed = subprocess.run(  # noqa: S603
+        [*flask, "list"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "warning" not in listed.stderr.lower()
+
+
+def test_under_a_flask_command_missing_tables_are_said_at_the_first_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    sa.create_engine(url).connect().close()
+    caplog.set_level(logging.WARNING, "apikey_middleware")
+    with click.Context(click.Command("run")):
+        app = make_app(APIKEY_DATABASE_URL=url, APIKEY_BCRYPT_ROUNDS=TEST_ROUNDS)
+    assert not [r for r in caplog.records if "init-db" in r.getMessage()]
+    app.test_client().get("/open")
+    app.test_client().get("/open")
+    said = [r for r in caplog.records if "flask apikeys init-db" in r.getMessage()]
+    assert len(said) == 1
+    app.extensions["apikeys"].store.close()
+
+
 def test_a_missing_sqlite_file_is_reported_and_not_created(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -318,3 +363,18 @@ def test_a_database_down_at_start_does_not_stop_the_app(caplog: pytest.LogCaptur
     app = make_app(APIKEY_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:1/test")
     assert any("could not check" in r.getMessage() for r in caplog.records)
     assert app.test_client().get("/open").status_code == 200
+
+
+def test_an_app_without_a_database_setting_uses_the_environments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README exports APIKEY_DATABASE_URL for the ``apikey`` command:
+    an app whose config names no database uses the same one."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    monkeypatch.setenv("APIKEY_DATABASE_URL", url)
+    app = make_app(APIKEY_BCRYPT_ROUNDS=TEST_ROUNDS)
+    assert app.extensions["apikeys"].store.url == sa.make_url(url).render_as_string()
+    app.extensions["apikeys"].store.close()
+    monkeypatch.setenv("APIKEY_DATABASE_URL", "not a url")
+    with pytest.raises(ValueError, match=r"APIKEY_DATABASE_URL \(environment\)"):
+        make_app()

@@ -16,6 +16,7 @@ package. :meth:`ApiKeys.error_handler` shapes refusals in one place instead.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -24,6 +25,7 @@ import typing as t
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import click
 from flask import Flask, current_app, has_request_context, request
 from flask.typing import ResponseReturnValue
 from werkzeug.local import LocalProxy
@@ -136,7 +138,7 @@ class ApiKeys:
             app.config.setdefault(name, default)
         settings = Settings.from_mapping(app.config)
         store = self._store if self._store is not None else self._make_store(app, settings)
-        _check_database(store)
+        _check_database(app, store)
         # One storage for rate limits and the throttle: with Redis, both hold
         # across processes and hosts.
         counters = settings.counter_storage()
@@ -213,19 +215,36 @@ class ApiKeys:
         return _state().guard
 
 
-def _check_database(store: SQLAlchemyKeyStore) -> None:
+def _check_database(app: Flask, store: SQLAlchemyKeyStore) -> None:
     try:
         ready = store.check_setup()
     except StoreError as error:
         # A database that is down at start-up does not stop the app.
         logger.warning("could not check the API key database at start-up: %s", error)
         return
-    if not ready:
-        logger.warning(
-            "the API key tables are missing from %s: run 'flask apikeys init-db' (or"
-            " 'apikey init-db'); decorated views answer 503 until then",
-            store.url,
-        )
+    if ready:
+        return
+    if click.get_current_context(silent=True) is None:
+        _warn_missing_tables(store)
+        return
+    # A `flask` command loads the app, `flask apikeys init-db` among them:
+    # say it at the first request instead, if it is still so then.
+    unchecked = [True]
+
+    @app.before_request
+    def _check_tables_once() -> None:
+        if unchecked and unchecked.pop():
+            with contextlib.suppress(StoreError):
+                if not store.check_setup():
+                    _warn_missing_tables(store)
+
+
+def _warn_missing_tables(store: SQLAlchemyKeyStore) -> None:
+    logger.warning(
+        "the API key tables are missing from %s: run 'flask apikeys init-db' (or"
+        " 'apikey init-db'); decorated views answer 503 until then",
+        store.url,
+    )
 
 
 def _state() -> _State:
