@@ -136,7 +136,7 @@ def create_store_engine(url: str | sa.URL, *, timeout: float = 5.0) -> Engine:
     try:
         engine = sa.create_engine(parsed, **options)
     except (exc.NoSuchModuleError, ImportError) as error:
-        raise ValueError(f"no database driver for {shown}: {error}") from None
+        raise ValueError(f"no database driver for {shown}: {error}{driver_hint(parsed)}") from None
     if isinstance(engine.pool, SharedConnectionPool):
         engine.pool.timeout = timeout
     elif backend == "sqlite":
@@ -146,3 +146,21 @@ def create_store_engine(url: str | sa.URL, *, timeout: float = 5.0) -> Engine:
         # more gently (the connection survives).
         StatementWatchdog(engine, timeout + 0.5)
     return engine
+
+
+#: What to install for the drivers the extras bring: the extra, or the package.
+_DRIVERS = {
+    "postgresql+psycopg": ("postgresql", "psycopg[binary]"),
+    "mysql+pymysql": ("mysql", "PyMySQL"),
+    "mariadb+pymysql": ("mysql", "PyMySQL"),
+}
+
+
+def driver_hint(url: sa.URL) -> str:
+    """Say what to install where a driver of the extras is missing."""
+    if url.drivername == "postgresql":  # SQLAlchemy's default there is psycopg2
+        return " (the package's postgresql extra brings psycopg 3: postgresql+psycopg://...)"
+    if url.drivername not in _DRIVERS:
+        return ""
+    extra, package = _DRIVERS[url.drivername]
+    return f" (install the package's {extra} extra, or pip install '{package}')"

@@ -56,7 +56,8 @@ def storage_scheme(what: str, uri: object) -> str:
             import redis  # noqa: F401
         except ImportError:
             raise ValueError(
-                f"{what}: Redis needs the redis package: pip install 'apikey_middleware[redis]'"
+                f"{what}: Redis needs the redis package (the package's redis extra, or"
+                " pip install redis)"
             ) from None
     return scheme
 

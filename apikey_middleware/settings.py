@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 
 from ._checks import integer, number
+from ._engine import driver_hint
 from .changes import REVOCATION_MODES
 from .counters import DEFAULT_STORAGE, CounterStorage, storage_scheme
 from .hashing import DEFAULT_ROUNDS
@@ -40,11 +41,13 @@ def _database_url(name: str, value: object) -> str | None:
     if not isinstance(value, str):
         raise ValueError(f"{name} must be a string, not {type(value).__name__}")
     try:
-        sa.make_url(value).get_dialect()
+        url = sa.make_url(value)
+        url.get_dialect()
     except exc.ArgumentError:
         raise ValueError(f"{name} is not a database URL") from None
     except (exc.NoSuchModuleError, ImportError) as error:
-        raise ValueError(f"{name}: no database driver here for it ({error})") from None
+        hint = driver_hint(url)
+        raise ValueError(f"{name}: no database driver here for it ({error}){hint}") from None
     return value
 
 

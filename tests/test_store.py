@@ -217,3 +217,12 @@ def test_in_memory_sqlite_store_works(store_factory: StoreFactory) -> None:
     store = store_factory("sqlite://")
     issued = store.create_key("n")
     assert store.authenticate(parsed(issued.key)).key_id == issued.id
+
+
+def test_a_missing_driver_of_the_extras_says_what_to_install() -> None:
+    from apikey_middleware._engine import driver_hint
+
+    assert "postgresql extra" in driver_hint(sa.make_url("postgresql+psycopg://h/d"))
+    assert "'PyMySQL'" in driver_hint(sa.make_url("mysql+pymysql://h/d"))
+    assert driver_hint(sa.make_url("postgresql+pg8000://h/d")) == ""
+    assert "postgresql+psycopg://" in driver_hint(sa.make_url("postgresql://h/d"))
