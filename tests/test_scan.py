@@ -172,6 +172,9 @@ def test_revoke_asks_first_and_no_changes_nothing(
     result = run(url, "--revoke", input="n\n")
     assert result.exit_code == 1
     assert f"Revoke 1 active key(s): {tree.active.id}?" in result.stderr
+    assert "Aborted" not in result.output
+    assert f"{tree.active.id}" in result.stdout, "a no still says where each key is"
+    assert "active" in result.stdout
     assert sqlite_store.authenticate(tree.active.key).key_id == tree.active.id
     assert leaks_of(sqlite_store, tree.active.id) == []
     result = run(url, "--revoke", input="y\n")

@@ -60,7 +60,8 @@ def scan(
 
     def agree(ids: list[str]) -> bool:
         prompt = f"Revoke {len(ids)} active key(s): {', '.join(ids)}?"
-        return yes or click.confirm(prompt, abort=True, err=True)
+        # "No" still prints where each key was found, and exits 1 for them.
+        return yes or click.confirm(prompt, default=False, err=True)
 
     if finds and not offline:
         try:
