@@ -181,8 +181,8 @@ def test_show_prints_one_record(url: str, store: SQLAlchemyKeyStore) -> None:
     issued = store.create_key("n", owner="acme")
     result = run(url, "show", issued.id)
     assert result.exit_code == 0
-    assert f"id:        {issued.id}" in result.stdout
-    assert "owner:     acme" in result.stdout
+    assert f"id:         {issued.id}" in result.stdout
+    assert "owner:      acme" in result.stdout
     assert json.loads(run(url, "show", issued.id, "--json").stdout)["name"] == "n"
 
 
@@ -197,7 +197,7 @@ def test_a_whole_key_names_its_id_and_is_never_echoed(url: str, store: SQLAlchem
     issued = store.create_key("n")
     result = run(url, "show", issued.key)
     assert result.exit_code == 0, result.output
-    assert f"id:        {issued.id}" in result.stdout
+    assert f"id:         {issued.id}" in result.stdout
     assert issued.key not in result.output
 
 

@@ -443,7 +443,7 @@ def test_create_takes_a_rate_limit_and_list_and_show_print_it(
     assert "RATE LIMIT" in listed.stdout
     assert "10/second;1000/hour" in listed.stdout
     assert json.loads(run("list", "--json").stdout)[0]["rate_limit"] == "10/second;1000/hour"
-    assert "limit:     10/second;1000/hour" in run("show", record.id).stdout
+    assert "rate limit: 10/second;1000/hour" in run("show", record.id).stdout
     assert json.loads(run("show", record.id, "--json").stdout)["rate_limit"] == (
         "10/second;1000/hour"
     )
@@ -514,7 +514,7 @@ def test_the_update_command_sets_and_clears_a_rate_limit(
 
     result = run("update", issued.id, "--rate-limit", "100/minute")
     assert result.exit_code == 0, result.output
-    assert "rate limit 100/minute" in result.stdout
+    assert "rate limit: 100/minute" in result.stdout
     assert run("update", issued.id, "--rate-limit", "none").exit_code == 0
     record = sqlite_store.get_key(issued.id)
     assert record is not None

@@ -156,7 +156,7 @@ def test_revoke_yes_revokes_the_active_keys_and_records_where(
     assert again.exit_code == 0
     assert "revoked now" not in again.stdout
     shown = CliRunner().invoke(main, ["--database-url", url, "show", tree.active.id])
-    assert "leaks:     1 recorded" in shown.stdout
+    assert "leaks:      1 recorded" in shown.stdout
     assert "revoked  apikey scan" in shown.stdout
     assert "settings.py:3" in shown.stdout
     shown_json = CliRunner().invoke(main, ["--database-url", url, "show", "--json", tree.active.id])

@@ -245,7 +245,7 @@ def show(key_id: str, as_json: bool, all_leaks: bool) -> None:
         ("name", shown(record.name)),
         ("type", record.key_type),
         ("scopes", shown(" ".join(record.scopes)) if record.scopes else "-"),
-        ("limit", shown(record.rate_limit)),
+        ("rate limit", shown(record.rate_limit)),
         ("owner", shown(record.owner)),
         ("created", when(record.created_at)),
         ("expires", when(record.expires_at)),
@@ -255,10 +255,10 @@ def show(key_id: str, as_json: bool, all_leaks: bool) -> None:
         ("state", record.state(now)),
         ("leaks", _leak_count(recorded, len(found))),
     ):
-        click.echo(f"{label + ':':11}{value}")
+        click.echo(f"{label + ':':12}{value}")
     for leak in found:
         where = shown(f"{leak.source} {leak.url}".strip())
-        click.echo(f"{'':11}{when(leak.reported_at)}  {leak.action:8} {where}")
+        click.echo(f"{'':12}{when(leak.reported_at)}  {leak.action:8} {where}")
 
 
 @click.command(epilog=_ID_HELP)
@@ -311,7 +311,7 @@ def update(
     click.echo(f"Updated key {record.id} ({shown(record.name)}):")
     click.echo(f"scopes: {shown(' '.join(record.scopes)) if record.scopes else '(none)'}")
     click.echo(f"expires: {when(record.expires_at) if record.expires_at else 'never'}")
-    click.echo(f"rate limit {shown(record.rate_limit) if record.rate_limit else 'the default'}")
+    click.echo(f"rate limit: {shown(record.rate_limit) if record.rate_limit else 'the default'}")
 
 
 @click.command(epilog=_ID_HELP)
