@@ -247,7 +247,8 @@ def add_dashboard(app: Flask) -> None:
 def accounts_text(base: str, passwords: Mapping[str, str]) -> str:
     """The dashboard's address and the demo accounts' passwords."""
     lines = [f"Dashboard (Settings > API Keys): {base}{DASHBOARD_URL}", ""]
-    lines += [f"    account: {name}    password: {pw}" for name, pw in passwords.items()]
+    width = max(map(len, passwords))
+    lines += [f"    account: {name:{width}}  password: {pw}" for name, pw in passwords.items()]
     return "\n".join(lines)
 
 

@@ -168,6 +168,14 @@ def test_non_string_scope_fails_at_decoration(scope: object) -> None:
         require_scopes(scope)  # type: ignore[arg-type]
 
 
+def test_the_decorator_without_parentheses_says_how_to_use_it() -> None:
+    def view() -> str:
+        return "never"
+
+    with pytest.raises(TypeError, match=r"needs parentheses: @require_scopes\(\)"):
+        require_scopes(view)  # type: ignore[arg-type]
+
+
 def test_malformed_scope_fails_at_decoration() -> None:
     with pytest.raises(ValueError, match="invalid scope"):
         require_scopes("two words")

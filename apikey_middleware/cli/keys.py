@@ -112,6 +112,12 @@ def create(
         rate_limit=rate_limit,
     )
     _show_issued(issued, "Created")
+    if not scopes:
+        click.echo(
+            "Note: no --scope given: this key passes only where no scope is needed"
+            " (apikey update ID --scope ... adds some).",
+            err=True,
+        )
 
 
 def _fit(header: Sequence[str], rows: list[tuple[str, ...]], width: int) -> list[list[str]]:

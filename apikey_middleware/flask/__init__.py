@@ -364,9 +364,15 @@ def require_scopes(*scopes: str) -> Callable[[F], F]:
     ``decorators = [require_scopes(...)]``; stacked, a request is
     authenticated once and needs the scopes of each.
 
-    :raises TypeError: a scope is not a string (at decoration time).
+    :raises TypeError: a scope is not a string, or the decorator was used
+        without parentheses (at decoration time).
     :raises ValueError: a scope is malformed (at decoration time).
     """
+    if len(scopes) == 1 and callable(scopes[0]):
+        raise TypeError(
+            "require_scopes needs parentheses: @require_scopes() for any valid key,"
+            ' @require_scopes("clients:read") for a scope'
+        )
     needed = normalize_scopes(scopes)
 
     def decorator(view: F) -> F:
