@@ -87,7 +87,9 @@ def test_create_prints_the_key_once_with_its_id_and_a_warning(
     assert store.authenticate(parsed).key_id == parsed.key_id
 
 
-def test_create_without_a_scope_says_what_that_key_can_reach(url: str) -> None:
+def test_create_without_a_scope_says_what_that_key_can_reach(
+    url: str, store: SQLAlchemyKeyStore
+) -> None:
     result = run(url, "create", "--name", "bare")
     assert result.exit_code == 0, result.output
     assert "no --scope given" in result.stderr
