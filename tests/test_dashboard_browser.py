@@ -340,3 +340,36 @@ def test_the_pages_work_with_javascript_off(browser: Browser, site: Site) -> Non
         assert site.api(key) == 200
     finally:
         context.close()
+
+
+@pytest.mark.parametrize("width", [1024, 1280])
+def test_every_key_action_is_on_screen_on_a_laptop(
+    browser: Browser, site: Site, width: int
+) -> None:
+    """A key with a long name, every scope, an expiry and a rate limit: its
+    Rotate and Revoke stay whole and inside the window, without scrolling."""
+    made = browser.new_context(viewport={"width": width, "height": 800})
+    try:
+        tab = open_tab(made, site)
+        tab.sign_in("bob")
+        page = tab.page
+        page.get_by_role("link", name="Generate New Key").click()
+        page.get_by_label("Name").fill("nightly reconciliation of the billing ledger")
+        page.get_by_label("Live", exact=True).check()
+        for box in page.get_by_role("checkbox").all():
+            if box.get_attribute("name") == "scopes":
+                box.check()
+        page.get_by_label("Rate limit (optional)").fill("10/second;1000/hour")
+        page.get_by_role("button", name="Generate").click()
+        tab.go("/settings/api-keys/")
+        for action in ("Rotate", "Revoke"):
+            link = page.get_by_role("link", name=f"{action} nightly reconciliation").first
+            box = link.bounding_box()
+            assert box is not None
+            assert box["x"] >= 0
+            assert box["x"] + box["width"] <= width, f"{action} ends at {box['x'] + box['width']}"
+            assert link.inner_text() == action
+        tab.shot(f"list-at-{width}px")
+        assert tab.problems() == []
+    finally:
+        made.close()
