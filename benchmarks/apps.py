@@ -33,6 +33,10 @@ def hello_app() -> Flask:
     def hello() -> str:
         return "hello"
 
+    @app.get("/health")
+    def health() -> str:
+        return "ok"
+
     return app
 
 
@@ -88,6 +92,7 @@ def create_app(kind: str) -> WSGIApplication:
         hello_app().wsgi_app,
         store,
         rules=[("GET", "/admin", "admin")],
+        public=["/health"],
         log_usage=kind == "channel+log",
         default_rate_limit=os.environ["BENCH_RATE_LIMIT"] if limited else None,
         rate_limit_storage=(

@@ -4,7 +4,9 @@ gunicorn with 2 sync workers serves the guarded hello app (immediate mode,
 bcrypt at cost 12, SQLite). Four processes flood it, each on its own
 connection at a time, with wrong secrets for another real key id, every one
 new. Measured side by side, round by round, with no flood, with that flood,
-and with a flood of unknown ids (the cost a wrong secret is to match):
+with a flood of unknown ids (the cost a wrong secret is to match), and with
+a flood of requests to a public path, which need no key at all (the share
+of the server any flood leaves the client, whatever the middleware does):
 
 - a legitimate client with a verified key, sending one request after
   another (closed loop): its requests/s. Its requests and the flood's queue
@@ -46,10 +48,11 @@ FLOODERS = 4
 PACE = 100  # requests/s of the open-loop client
 
 
-def _get(port: int, key: str) -> int:
+def _get(port: int, key: str | None, path: str = "/hello") -> int:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
     try:
-        connection.request("GET", "/hello", headers={"Authorization": f"Bearer {key}"})
+        connection.request("GET", path, headers=headers)
         response = connection.getresponse()
         response.read()
         return response.status
@@ -57,10 +60,13 @@ def _get(port: int, key: str) -> int:
         connection.close()
 
 
-def _flooder(port: int, key_id: str | None, stop: Event) -> None:
+def _flooder(port: int, key_id: str | None, kind: str, stop: Event) -> None:
     while not stop.is_set():
-        # A new wrong secret for the real id each time, or an unknown id.
-        _get(port, generate_key("test", key_id).key)
+        if kind == "public":
+            _get(port, None, "/health")
+        else:
+            # A new wrong secret for the real id each time, or an unknown id.
+            _get(port, generate_key("test", key_id).key)
 
 
 @contextlib.contextmanager
@@ -70,7 +76,7 @@ def _flood(port: int, key_id: str | None, kind: str) -> Iterator[None]:
         return
     stop = multiprocessing.Event()
     processes = [
-        multiprocessing.Process(target=_flooder, args=(port, key_id, stop), daemon=True)
+        multiprocessing.Process(target=_flooder, args=(port, key_id, kind, stop), daemon=True)
         for _ in range(FLOODERS)
     ]
     for process in processes:
@@ -144,9 +150,14 @@ def run(table: Table, url: str, *, rounds: int, seconds: float) -> None:
     legit = store.create_key("legit")
     target = store.create_key("target")
     fresh = {kind: [store.create_key(f"fresh {kind} {n}").key for n in range(rounds)]
-             for kind in ("none", "wrong", "unknown")}  # fmt: skip
+             for kind in ("none", "wrong", "unknown", "public")}  # fmt: skip
     store.close()
-    kinds = {"none": "no flood", "wrong": "wrong-secret flood", "unknown": "unknown-id flood"}
+    kinds = {
+        "none": "no flood",
+        "wrong": "wrong-secret flood",
+        "unknown": "unknown-id flood",
+        "public": "public-path flood (no key)",
+    }
     closed: dict[str, list[float]] = {kind: [] for kind in kinds}
     paced: dict[str, list[float]] = {kind: [] for kind in kinds}
     paced_p50: dict[str, list[float]] = {kind: [] for kind in kinds}
@@ -180,6 +191,18 @@ def run(table: Table, url: str, *, rounds: int, seconds: float) -> None:
         SECTION,
         "legit req/s, wrong-secret flood / unknown-id flood (closed loop)",
         paired(closed["wrong"], closed["unknown"]),
+        ">= 0.90",
+    )
+    table.ratio(
+        SECTION,
+        "legit req/s, public-path flood / no flood (closed loop): the share any flood leaves",
+        paired(closed["public"], closed["none"]),
+        "(reference)",
+    )
+    table.ratio(
+        SECTION,
+        "legit req/s, wrong-secret flood / public-path flood (closed loop)",
+        paired(closed["wrong"], closed["public"]),
         ">= 0.90",
     )
     table.ratio(

@@ -356,9 +356,9 @@ def test_every_key_action_is_on_screen_on_a_laptop(
         page.get_by_role("link", name="Generate New Key").click()
         page.get_by_label("Name").fill("nightly reconciliation of the billing ledger")
         page.get_by_label("Live", exact=True).check()
-        for box in page.get_by_role("checkbox").all():
-            if box.get_attribute("name") == "scopes":
-                box.check()
+        for checkbox in page.get_by_role("checkbox").all():
+            if checkbox.get_attribute("name") == "scopes":
+                checkbox.check()
         page.get_by_label("Rate limit (optional)").fill("10/second;1000/hour")
         page.get_by_role("button", name="Generate").click()
         tab.go("/settings/api-keys/")
