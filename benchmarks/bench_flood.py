@@ -195,9 +195,8 @@ def run(table: Table, url: str, *, rounds: int, seconds: float) -> None:
     )
     table.ratio(
         SECTION,
-        "legit req/s, public-path flood / no flood (closed loop): the share any flood leaves",
+        "legit req/s, public-path flood / no flood (closed loop): any flood's share",
         paired(closed["public"], closed["none"]),
-        "(reference)",
     )
     table.ratio(
         SECTION,
