@@ -47,6 +47,13 @@ logger = logging.getLogger("apikey_middleware")
 
 #: The most limits one key may have.
 MAX_LIMITS = 8
+#: The longest window a limit may have: one year as ``limits`` counts it
+#: (12 times 30 days). Redis refuses expiries past about 9.2e15 s, and a
+#: counter meant to last longer than a year is a revocation in disguise.
+MAX_PERIOD = 31_104_000
+#: The most requests one window may allow: a billion, far more than any
+#: window can be sent, so that headers and counters stay ordinary integers.
+MAX_AMOUNT = 1_000_000_000
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _EXAMPLE = "such as '100/minute' or '10/second;1000/hour'"
@@ -78,7 +85,9 @@ def parse_rate_limit(text: str) -> tuple[RateLimitItem, ...]:
     """The limits of ``text``, parsed by ``limits`` (and remembered).
 
     :raises ValueError: not the ``limits`` notation, more than
-        :data:`MAX_LIMITS` limits, or a limit that allows no request.
+        :data:`MAX_LIMITS` limits, a limit that allows no request or more
+        than :data:`MAX_AMOUNT`, or a window longer than :data:`MAX_PERIOD`
+        (a year).
     """
     # Imported here: importing limits takes about 0.1 s, which the command
     # line and apps without rate limits need not pay.
@@ -92,6 +101,10 @@ def parse_rate_limit(text: str) -> tuple[RateLimitItem, ...]:
         raise ValueError(f"at most {MAX_LIMITS} limits per key, not {len(items)}")
     if any(item.amount < 1 for item in items):
         raise ValueError("a limit must allow at least one request (revoke a key to stop it)")
+    if any(item.amount > MAX_AMOUNT for item in items):
+        raise ValueError(f"a limit may allow at most {MAX_AMOUNT:,} requests per window")
+    if any(item.get_expiry() > MAX_PERIOD for item in items):
+        raise ValueError("a limit's window may be at most 1 year long")
     return items
 
 
