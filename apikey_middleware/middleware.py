@@ -233,7 +233,7 @@ class ApiKeyMiddleware(KeyGuard):
             return self._refuse(BadRequestError(), None, environ, start_response)
         principal, error, key_id, quota = self.judge(environ, scopes)
         if error is not None:
-            return self._refuse(error, key_id, environ, start_response)
+            return self._refuse(error, key_id, environ, start_response, quota)
         environ[self.environ_key] = principal
         return self._call_app(key_id, environ, start_response, quota=quota)
 
@@ -243,13 +243,16 @@ class ApiKeyMiddleware(KeyGuard):
         key_id: str | None,
         environ: WSGIEnvironment,
         start_response: StartResponse,
+        quota: Quota | None = None,
     ) -> Iterable[bytes]:
         if self.required:
             if key_id is not None:
                 self.record(key_id, environ, error.status, accepted=False)
+            if quota is not None:
+                start_response = _adding_headers(start_response, quota.headers())
             return error(environ, start_response)
         environ[ERROR_ENVIRON_KEY] = error
-        return self._call_app(key_id, environ, start_response, accepted=False)
+        return self._call_app(key_id, environ, start_response, accepted=False, quota=quota)
 
     def _call_app(
         self,

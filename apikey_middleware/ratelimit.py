@@ -35,7 +35,7 @@ import time
 import typing as t
 from dataclasses import dataclass
 
-from .counters import DEFAULT_STORAGE, CounterStorage
+from .counters import DEFAULT_STORAGE, Count, CounterStorage
 from .errors import RateLimitedError
 from .keys import holds_key, shown_safely
 from .schema import MAX_RATE_LIMIT_LENGTH
@@ -169,22 +169,45 @@ class RateLimiter:
         counts = self.storage.hit(
             [(item.key_for("key", key_id), item.get_expiry()) for item in items]
         )
-        now = time.time()
-        quotas = [
-            Quota(
-                limit=item.amount,
-                remaining=max(0, item.amount - count.hits),
-                reset=math.ceil(now + count.resets_in),
-                retry_after=max(1, math.ceil(count.resets_in)),
-                allowed=count.hits <= item.amount,
-            )
-            for item, count in zip(items, counts, strict=True)
-        ]
+        quotas = _quotas(items, counts)
         refused = [quota for quota in quotas if not quota.allowed]
         if refused:
             # Free again only once every window it is over has ended.
             raise RateLimitedError(max(refused, key=lambda quota: quota.retry_after))
-        return min(quotas, key=lambda quota: (quota.remaining, quota.retry_after))
+        return _tightest(quotas)
+
+    def peek(self, key_id: str, rate_limit: str | None) -> Quota | None:
+        """Where ``key_id`` stands, without counting a request: for the
+        headers of an answer that spends nothing (a 403).
+
+        :returns: ``None`` if no limit applies.
+        """
+        text = rate_limit or self.default
+        items = () if text is None else _items(text, self.default)
+        if not items:
+            return None
+        counts = [
+            self.storage.get(item.key_for("key", key_id), item.get_expiry()) for item in items
+        ]
+        return _tightest(_quotas(items, counts))
+
+
+def _quotas(items: t.Sequence[RateLimitItem], counts: t.Sequence[Count]) -> list[Quota]:
+    now = time.time()
+    return [
+        Quota(
+            limit=item.amount,
+            remaining=max(0, item.amount - count.hits),
+            reset=math.ceil(now + count.resets_in),
+            retry_after=max(1, math.ceil(count.resets_in)),
+            allowed=count.hits <= item.amount,
+        )
+        for item, count in zip(items, counts, strict=True)
+    ]
+
+
+def _tightest(quotas: list[Quota]) -> Quota:
+    return min(quotas, key=lambda quota: (quota.remaining, quota.retry_after))
 
 
 def _items(text: str, default: str | None) -> tuple[RateLimitItem, ...]:

@@ -232,8 +232,14 @@ def test_refused_requests_do_not_spend_the_allowance(
         assert not any(name in refused.headers for name in HEADERS)
         forbidden = client.get("/admin", headers=bearer(issued.key))
         assert forbidden.status_code == 403
-        assert not any(name in forbidden.headers for name in HEADERS)
+        # Where the key stands, read and not spent (SPEC 8: every response).
+        assert forbidden.headers["X-RateLimit-Limit"] == "2"
+        assert forbidden.headers["X-RateLimit-Remaining"] == "2"
     assert client.get("/", headers=bearer(issued.key)).headers["X-RateLimit-Remaining"] == "1"
+    after = client.get("/admin", headers=bearer(issued.key))
+    assert after.status_code == 403
+    assert after.headers["X-RateLimit-Remaining"] == "1"
+    assert abs(int(after.headers["X-RateLimit-Reset"]) - time.time() - 60) < 10
     assert client.get("/", headers=bearer(issued.key)).headers["X-RateLimit-Remaining"] == "0"
     assert client.get("/", headers=bearer(issued.key)).status_code == 429
 
@@ -588,3 +594,19 @@ def test_a_command_redis_refuses_is_that_request_s_fault_not_an_outage(
     finally:
         storage.close()
         other.close()
+
+
+def test_a_403_of_the_flask_decorator_says_where_the_key_stands(
+    sqlite_store: SQLAlchemyKeyStore, counters: CounterStorage
+) -> None:
+    issued = sqlite_store.create_key("n", scopes=["clients:read"], rate_limit="3/minute")
+    app = make_app(sqlite_store, APIKEY_LOG_USAGE=False)
+    app.extensions["apikeys"].guard.rate_limiter.storage = counters
+    client = app.test_client()
+    assert client.get("/read", headers=bearer(issued.key)).headers["X-RateLimit-Remaining"] == "2"
+    for _ in range(4):
+        forbidden = client.post("/write", headers=bearer(issued.key))
+        assert forbidden.status_code == 403
+        assert forbidden.headers["X-RateLimit-Limit"] == "3"
+        assert forbidden.headers["X-RateLimit-Remaining"] == "2"
+    assert client.get("/read", headers=bearer(issued.key)).headers["X-RateLimit-Remaining"] == "1"
