@@ -24,6 +24,8 @@ from ..counters import CounterStorage
 from ..ratelimit import check_rate_limit, parse_rate_limit
 
 if t.TYPE_CHECKING:
+    from limits import RateLimitItem
+
     from ..store import SQLAlchemyKeyStore
 
 #: Keys an account may make (or rotate) unless told otherwise: a burst of 5,
@@ -81,6 +83,24 @@ class MintBounds:
         records = store.list_keys(owner=owner)
         return sum(record.state(now) == "active" for record in records) >= self.max_keys
 
+    def waiting(self, owner: str) -> int | None:
+        """If ``owner`` is over the rate already, the seconds until it is
+        not; read without a hit, so a refused flood costs one read each."""
+        if self.rate is None:
+            return None
+        items = parse_rate_limit(self.rate)
+        storage = self.storage()
+        waits = [
+            count.resets_in
+            for item in items
+            for count in [storage.get(self._name(item, owner), item.get_expiry())]
+            if count.hits >= item.amount
+        ]
+        return max(1, math.ceil(max(waits))) if waits else None
+
+    def _name(self, item: RateLimitItem, owner: str) -> str:
+        return item.key_for("dashboard", self.name, owner)
+
     def spend(self, owner: str) -> int | None:
         """Count one key made by ``owner``; if that is over the rate, the
         seconds until it is allowed again (nothing is to be made then)."""
@@ -88,7 +108,7 @@ class MintBounds:
             return None
         items = parse_rate_limit(self.rate)
         counts = self.storage().hit(
-            [(item.key_for("dashboard", self.name, owner), item.get_expiry()) for item in items]
+            [(self._name(item, owner), item.get_expiry()) for item in items]
         )
         over = [
             count.resets_in

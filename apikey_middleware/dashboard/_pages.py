@@ -127,16 +127,20 @@ class Pages:
         made counts against the rate; one that ``grows`` the account's
         active keys counts against its most, too."""
         bounds, owner = self.dashboard.bounds, self.dashboard.owner()
-        if grows and bounds.at_most(self.store, owner):
-            message = (
-                f"You have {bounds.max_keys} active keys, the most an account may hold:"
-                " revoke one you no longer use first. No key was made."
-            )
-            return message, 409, {}
-        wait = bounds.spend(owner)
+        # Over the rate already: refused for one read, before the database.
+        wait = bounds.waiting(owner)
         if wait is None:
-            return None
-        logger.warning("API key dashboard: %s makes keys too fast, refused", owner)
+            if grows and bounds.at_most(self.store, owner):
+                message = (
+                    f"You have {bounds.max_keys} active keys, the most an account may hold:"
+                    " revoke one you no longer use first. No key was made."
+                )
+                return message, 409, {}
+            wait = bounds.spend(owner)
+            if wait is None:
+                return None
+            # Said once per window: later tries are refused by the read above.
+            logger.warning("API key dashboard: %s made keys too fast, refused", owner)
         message = f"Too many keys made in a short time: try again in {wait_text(wait)}."
         return message + " No key was made.", 429, {"Retry-After": str(wait)}
 
