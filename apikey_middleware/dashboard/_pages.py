@@ -19,7 +19,7 @@ from werkzeug.wrappers import Response
 from .._time import utcnow
 from ..errors import AlreadyRotatedError, KeyNotFoundError
 from ..records import KeyRecord
-from ._bounds import wait_text
+from ._bounds import MintBounds, wait_text
 from ._charts import Bucket, Chart, draw, usage_summary
 from ._forms import KeyForm, RotateForm
 
@@ -43,8 +43,9 @@ def page(template: str, status: int = 200, **context: t.Any) -> Response:
 class Pages:
     """The views, around one :class:`Dashboard`."""
 
-    def __init__(self, dashboard: Dashboard) -> None:
+    def __init__(self, dashboard: Dashboard, bounds: MintBounds) -> None:
         self.dashboard = dashboard
+        self.bounds = bounds
         self.store = dashboard.store
 
     def index(self) -> ResponseReturnValue:
@@ -126,7 +127,7 @@ class Pages:
         headers), or ``None``; checked before anything is hashed. A key
         made counts against the rate; one that ``grows`` the account's
         active keys counts against its most, too."""
-        bounds, owner = self.dashboard.bounds, self.dashboard.owner()
+        bounds, owner = self.bounds, self.dashboard.owner()
         # Over the rate already: refused for one read, before the database.
         wait = bounds.waiting(owner)
         if wait is None:

@@ -1,9 +1,10 @@
-"""The dashboard blueprint: who may see its pages (:mod:`._pages`), and how.
+"""The dashboard blueprint: the key list, Generate New Key, Revoke, Rotate, usage.
 
 Every page works for the signed-in account only, on its own keys: a key id
 of another account, or of no account, answers 404 as an unknown one does.
 Every change is a ``POST`` carrying the session's CSRF token. A new key is
-in one response only, the one to the ``POST`` that made it.
+in one response only, the one to the ``POST`` that made it. How many keys
+an account may make, and how fast, is bounded (``key_rate``, ``max_keys``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ class Dashboard:
     key_types: tuple[str, ...]
     per_page: int
     title: str
-    bounds: MintBounds
 
     @property
     def grace_periods(self) -> list[str]:
@@ -160,8 +160,8 @@ def create_dashboard(
         tuple(key_types),
         per_page,
         title,
-        MintBounds(name, key_rate, max_keys, counters),
     )
+    bounds = MintBounds(name, key_rate, max_keys, counters)
     bp = Blueprint(
         name,
         __name__,
@@ -178,7 +178,7 @@ def create_dashboard(
     bp.register_error_handler(HTTPException, _http_error)
     bp.register_error_handler(StoreError, _store_error)
     bp.register_error_handler(exc.SQLAlchemyError, _store_error)
-    pages = Pages(dashboard)
+    pages = Pages(dashboard, bounds)
     bp.add_url_rule("/", "index", pages.index, methods=["GET"])
     bp.add_url_rule("/new", "new", pages.new, methods=["GET", "POST"])
     bp.add_url_rule("/<key_id>/revoke", "revoke", pages.revoke, methods=["GET", "POST"])
