@@ -1,5 +1,6 @@
-"""Key minting bounded per account across processes: the dashboard on
-gunicorn workers that count in one Redis."""
+"""What one client can cost a server, on gunicorn: key minting bounded per
+account across workers that count in one Redis, and method overrides
+refused before any key is checked."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from apikey_middleware import SQLAlchemyKeyStore
 from apikey_middleware.schema import metadata
 
 from .conftest import TEST_ROUNDS, server_url
-from .servers import gunicorn
+from .servers import gunicorn, request
 
 pytestmark = pytest.mark.slow
 
@@ -32,11 +33,17 @@ def database() -> Iterator[str]:
     engine.dispose()
 
 
+@pytest.fixture
+def store(database: str) -> Iterator[SQLAlchemyKeyStore]:
+    key_store = SQLAlchemyKeyStore(database, bcrypt_rounds=TEST_ROUNDS)
+    key_store.create_schema()
+    yield key_store
+    key_store.close()
+
+
 def test_an_account_makes_at_most_its_rate_of_keys_across_workers(
-    database: str, redis_prefix: str
+    store: SQLAlchemyKeyStore, database: str, redis_prefix: str
 ) -> None:
-    store = SQLAlchemyKeyStore(database, bcrypt_rounds=TEST_ROUNDS)
-    store.create_schema()
     env = {
         "APIKEY_DATABASE_URL": database,
         "APIKEY_RATE_LIMIT_STORAGE": server_url("redis"),
@@ -79,4 +86,26 @@ def test_an_account_makes_at_most_its_rate_of_keys_across_workers(
     assert len(workers) == 2
     assert len(store.list_keys(owner="mallory")) == 5
     assert made.status_code == 201
-    store.close()
+
+
+def test_method_overrides_past_one_get_400_on_gunicorn(
+    store: SQLAlchemyKeyStore, database: str, redis_prefix: str
+) -> None:
+    issued = store.create_key("reader")
+    env = {
+        "APIKEY_DATABASE_URL": database,
+        "APIKEY_RATE_LIMIT_STORAGE": "memory://",
+        "APIKEY_RATE_LIMIT_PREFIX": redis_prefix,
+    }
+    many = "&".join(f"_method=Q{n}" for n in range(150))
+    bad_request = {
+        "success": False,
+        "error": {"code": "BAD_REQUEST", "message": "The request path or method is not valid"},
+    }
+    with gunicorn("tests.ratelimit_app:create_app()", env, workers=2) as server:
+        auth = {"Authorization": f"Bearer {issued.key}"}
+        for query, headers in ((many, {}), (many, auth), ("_method=PROPFIND", auth)):
+            status, _, body = request(f"{server.base}/v1/clients?{query}", headers)
+            assert (status, body) == (400, bad_request)
+        assert request(f"{server.base}/v1/clients?_method=delete", auth)[0] == 200
+        assert request(f"{server.base}/v1/clients?{many}")[0] == 400
