@@ -261,3 +261,14 @@ def test_the_form_refuses_a_window_redis_cannot_keep(sqlite_store: SQLAlchemyKey
         assert response.status_code == 400
         assert "Write a rate limit such as 100/minute" in response.get_data(as_text=True)
     assert keys_of(sqlite_store, "alice") == 0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(1, "1 second"), (45, "45 seconds"), (60, "1 minute"), (89, "1 minute"),
+     (600, "10 minutes"), (3600, "60 minutes"), (7200, "2 hours")],
+)  # fmt: skip
+def test_a_wait_reads_as_a_person_says_it(seconds: int, text: str) -> None:
+    from apikey_middleware.dashboard._bounds import wait_text
+
+    assert wait_text(seconds) == text

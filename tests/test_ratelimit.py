@@ -591,6 +591,15 @@ def test_a_command_redis_refuses_is_that_request_s_fault_not_an_outage(
         storage.hit([("other", 60)])
         assert other.hit([("other", 60)])[0].hits == 2
         assert storage.get("other", 60).hits == 2
+        # A read Redis refuses (a key of another type) is that read's alone.
+        client = redis.Redis.from_url(url)
+        try:
+            client.hset(f"{redis_prefix}:wrong-type", "field", "1")
+            assert storage.get("wrong-type", 60).hits == 0
+        finally:
+            client.close()
+        assert storage.available
+        assert storage.get("other", 60).hits == 2
     finally:
         storage.close()
         other.close()
