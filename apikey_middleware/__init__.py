@@ -2,6 +2,7 @@
 
 from .backend import KeyBackend as KeyBackend
 from .counters import CounterStorage as CounterStorage
+from .errors import AlreadyRotatedError as AlreadyRotatedError
 from .errors import ApiKeyError as ApiKeyError
 from .errors import BadRequestError as BadRequestError
 from .errors import ForbiddenError as ForbiddenError
@@ -30,6 +31,7 @@ from .usage import UsageRecord as UsageRecord
 from .usage import UsageWriter as UsageWriter
 
 __all__ = [
+    "AlreadyRotatedError",
     "ApiKeyError",
     "ApiKeyMiddleware",
     "BadRequestError",

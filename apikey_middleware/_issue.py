@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from ._time import utcnow
 from .changes import announce
+from .errors import AlreadyRotatedError
 from .hashing import KeyHasher
 from .keys import generate_key
 from .records import IssuedKey, KeyRecord
@@ -71,10 +72,18 @@ def issue_key(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def successor_of(connection: sa.Connection | Session, key_id: str) -> str | None:
+    """The id of a key that replaces ``key_id``, if one does."""
+    found = connection.execute(
+        sa.select(ApiKey.id).where(ApiKey.replaces == key_id).order_by(ApiKey.id).limit(1)
+    ).first()
+    return None if found is None else str(found[0])
+
+
 def retirement(old: KeyRecord, grace: timedelta) -> Retire:
     """What a rotation does to the old key: revoke it now (no grace), or
     let it expire at ``now + grace`` (or sooner, if it was to expire
-    before). Refused if it was revoked meanwhile."""
+    before). Refused if it was revoked or rotated meanwhile."""
 
     def retire(session: Session, now: datetime) -> None:
         if grace:
@@ -91,6 +100,11 @@ def retirement(old: KeyRecord, grace: timedelta) -> Retire:
         )
         if t.cast(sa.CursorResult[t.Any], result).rowcount != 1:
             raise ValueError(f"key {old.id!r} is revoked and cannot be rotated")
+        # Read once the row is locked by the update: a concurrent rotation
+        # of the same key has committed its successor by then.
+        successor = successor_of(session, old.id)
+        if successor is not None:
+            raise AlreadyRotatedError(old.id, successor)
         announce(session.connection(), old.id)
 
     return retire

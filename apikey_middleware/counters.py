@@ -8,7 +8,9 @@
 When Redis cannot be reached, or answers slower than ``timeout``, counting
 goes on in this process's memory (limited per process, never a 500), the
 fault is logged once per interval, and one request per ``retry_interval``
-tries Redis again; once it answers, counting is shared again.
+tries Redis again; once it answers, counting is shared again. A command
+Redis answers by refusing it (a ``ResponseError``) is not an outage: that
+request alone is counted in memory, and the next one asks Redis again.
 """
 
 from __future__ import annotations
@@ -125,6 +127,8 @@ class _RedisCounters:
         self.storage = RedisStorage(uri, key_prefix=prefix, **options)
         self.client = t.cast("redis.Redis", self.storage.get_connection())
         self._no_script = redis.exceptions.NoScriptError
+        #: What Redis raises for a command it answered by refusing it.
+        self.refused = redis.exceptions.ResponseError
 
     def hit(self, windows: Sequence[tuple[str, float]], amount: int = 1) -> list[Count]:
         storage = self.storage
@@ -160,6 +164,11 @@ class _RedisCounters:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _detail(error: Exception) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:200]
 
 
 def _seconds(pttl: object, window: float) -> float:
@@ -210,6 +219,7 @@ class CounterStorage:
         self._down_since: float | None = None
         self._next_try = 0.0
         self._logged_at = 0.0
+        self._refused_logged_at = 0.0
         self._missed = 0
 
     def __repr__(self) -> str:
@@ -237,6 +247,8 @@ class CounterStorage:
         if shared is not None and self._may_try():
             try:
                 counts = shared.hit(windows)
+            except shared.refused as error:
+                self._refused(error)
             except Exception as error:  # whatever the storage raised: count here
                 self._failed(error)
             else:
@@ -251,6 +263,8 @@ class CounterStorage:
         if shared is not None and self._may_try():
             try:
                 return shared.get(name, seconds)
+            except shared.refused as error:
+                self._refused(error)
             except Exception as error:  # whatever the storage raised: read here
                 self._failed(error)
         return self._memory.get(name, seconds)
@@ -267,6 +281,21 @@ class CounterStorage:
             self._next_try = now + self.retry_interval
             return True
 
+    def _refused(self, error: Exception) -> None:
+        # Redis answered, so it is up: only this request's counters are
+        # kept here. Said once per interval, whatever the cause.
+        now = time.monotonic()
+        with self._lock:
+            if self._refused_logged_at and now - self._refused_logged_at < self.log_interval:
+                return
+            self._refused_logged_at = now
+        logger.error(
+            "rate limit storage %s refused a command (%s): that request was counted in this"
+            " process's memory",
+            self,
+            _detail(error),
+        )
+
     def _failed(self, error: Exception) -> None:
         now = time.monotonic()
         with self._lock:
@@ -278,13 +307,13 @@ class CounterStorage:
                 return
             self._logged_at = now
             down_for = now - t.cast(float, self._down_since)
-        detail = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        detail = _detail(error)
         if first:
             logger.error(
                 "rate limit storage %s unavailable (%s): counting in this process's memory,"
                 " trying again every %.0f s",
                 self,
-                detail[:200],
+                detail,
                 self.retry_interval,
             )
         else:
@@ -292,7 +321,7 @@ class CounterStorage:
                 "rate limit storage %s still unavailable after %.0f s (%s): counting in memory",
                 self,
                 down_for,
-                detail[:200],
+                detail,
             )
 
     def _recovered(self) -> None:

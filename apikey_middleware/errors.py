@@ -252,3 +252,17 @@ class KeyNotFoundError(StoreError, LookupError):
         super().__init__(message)
         #: The public id that was asked for.
         self.key_id = key_id
+
+
+class AlreadyRotatedError(ValueError):
+    """The key was rotated already: its successor replaces it, and rotating
+    it again would make a second one."""
+
+    def __init__(self, key_id: str, successor_id: str) -> None:
+        super().__init__(
+            f"key {key_id!r} was already rotated to {successor_id!r}: rotate that key instead"
+        )
+        #: The key that was to be rotated.
+        self.key_id = key_id
+        #: The id of the key that replaces it.
+        self.successor_id = successor_id

@@ -128,7 +128,7 @@ class ReplayedReport(Exception):
     """This report was acted on before."""
 
 
-#: How long a report's digest is kept, to refuse its replays.
+#: How long a report's digest is kept, so that a retry is not acted on again.
 REPORT_MEMORY = timedelta(days=30)
 
 #: Ids looked up in one query.

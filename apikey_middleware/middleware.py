@@ -29,6 +29,14 @@ ERROR_ENVIRON_KEY = "apikey.error"
 # Headers with which clients ask an app to treat a request as another
 # method; an app that honours one must not get past a rule for it.
 _OVERRIDE_HEADERS = ("HTTP_X_HTTP_METHOD_OVERRIDE", "HTTP_X_HTTP_METHOD", "HTTP_X_METHOD_OVERRIDE")
+#: What an override may ask for: the methods of RFC 9110 and PATCH (RFC
+#: 5789), in any case. Anything else, or more than one override, is 400
+#: before the rule table is asked: each would cost a rule lookup (and a
+#: place in its cache) with no key checked yet.
+OVERRIDE_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
+)
+_LONGEST_METHOD = max(map(len, OVERRIDE_METHODS))
 
 
 def _adding_headers(start_response: StartResponse, extra: list[tuple[str, str]]) -> StartResponse:
@@ -41,6 +49,21 @@ def _adding_headers(start_response: StartResponse, extra: list[tuple[str, str]])
         return start_response(status, [*kept, *extra], exc_info)
 
     return t.cast("StartResponse", start)
+
+
+def _query_overrides(query: str, most: int) -> list[str]:
+    """The ``_method`` values of ``query``, as the app decodes them; no
+    further than the one past ``most`` (which already makes a 400)."""
+    found: list[str] = []
+    for field in query.split("&"):
+        name, _, value = field.partition("=")
+        if "%" in name or "+" in name:
+            name = urllib.parse.unquote_plus(name)
+        if name == "_method":
+            found.append(urllib.parse.unquote_plus(value))
+            if len(found) > most:
+                break
+    return found
 
 
 def _status_code(status: str) -> int:
@@ -114,7 +137,10 @@ class ApiKeyMiddleware(KeyGuard):
 
     A request with ``X-HTTP-Method-Override`` (or ``X-HTTP-Method``,
     ``X-Method-Override``, or a ``_method`` query parameter) needs the
-    scopes of both its method and the one it asks for.
+    scopes of both its method and the one it asks for. It may carry one
+    override, naming a standard method (:data:`OVERRIDE_METHODS`, in any
+    case); more than one, or any other value, is answered 400 before any
+    key is checked.
 
     It is a :class:`~apikey_middleware.guard.KeyGuard` that decides by path
     what each request needs: override
@@ -178,14 +204,20 @@ class ApiKeyMiddleware(KeyGuard):
             return needs
         overrides = [environ[header] for header in _OVERRIDE_HEADERS if header in environ]
         query = environ.get("QUERY_STRING")
-        if query and "_method" in query:
-            overrides += urllib.parse.parse_qs(query, keep_blank_values=True).get("_method", [])
-        for override in overrides:
-            other = self.rules.needs(override.strip().upper(), raw_path)
-            if not isinstance(other, tuple):
-                return Verdict.BAD_REQUEST
-            needs = tuple(sorted({*needs, *other}))
-        return needs
+        # Percent-escapes spell the name too ("%5Fmethod"), as the app decodes it.
+        if query and ("_method" in query or "%" in query):
+            overrides += _query_overrides(query, 1 - len(overrides))
+        if not overrides:
+            return needs
+        if len(overrides) > 1:
+            return Verdict.BAD_REQUEST
+        override = overrides[0].strip()
+        if len(override) > _LONGEST_METHOD or override.upper() not in OVERRIDE_METHODS:
+            return Verdict.BAD_REQUEST
+        other = self.rules.needs(override.upper(), raw_path)
+        if not isinstance(other, tuple):
+            return Verdict.BAD_REQUEST
+        return tuple(sorted({*needs, *other}))
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         scopes = self._needs(environ)
@@ -201,7 +233,7 @@ class ApiKeyMiddleware(KeyGuard):
             return self._refuse(BadRequestError(), None, environ, start_response)
         principal, error, key_id, quota = self.judge(environ, scopes)
         if error is not None:
-            return self._refuse(error, key_id, environ, start_response)
+            return self._refuse(error, key_id, environ, start_response, quota)
         environ[self.environ_key] = principal
         return self._call_app(key_id, environ, start_response, quota=quota)
 
@@ -211,13 +243,16 @@ class ApiKeyMiddleware(KeyGuard):
         key_id: str | None,
         environ: WSGIEnvironment,
         start_response: StartResponse,
+        quota: Quota | None = None,
     ) -> Iterable[bytes]:
         if self.required:
             if key_id is not None:
                 self.record(key_id, environ, error.status, accepted=False)
+            if quota is not None:
+                start_response = _adding_headers(start_response, quota.headers())
             return error(environ, start_response)
         environ[ERROR_ENVIRON_KEY] = error
-        return self._call_app(key_id, environ, start_response, accepted=False)
+        return self._call_app(key_id, environ, start_response, accepted=False, quota=quota)
 
     def _call_app(
         self,

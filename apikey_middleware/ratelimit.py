@@ -35,7 +35,7 @@ import time
 import typing as t
 from dataclasses import dataclass
 
-from .counters import DEFAULT_STORAGE, CounterStorage
+from .counters import DEFAULT_STORAGE, Count, CounterStorage
 from .errors import RateLimitedError
 from .keys import holds_key, shown_safely
 from .schema import MAX_RATE_LIMIT_LENGTH
@@ -47,6 +47,13 @@ logger = logging.getLogger("apikey_middleware")
 
 #: The most limits one key may have.
 MAX_LIMITS = 8
+#: The longest window a limit may have: one year as ``limits`` counts it
+#: (12 times 30 days). Redis refuses expiries past about 9.2e15 s, and a
+#: counter meant to last longer than a year is a revocation in disguise.
+MAX_PERIOD = 31_104_000
+#: The most requests one window may allow: a billion, far more than any
+#: window can be sent, so that headers and counters stay ordinary integers.
+MAX_AMOUNT = 1_000_000_000
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _EXAMPLE = "such as '100/minute' or '10/second;1000/hour'"
@@ -78,7 +85,9 @@ def parse_rate_limit(text: str) -> tuple[RateLimitItem, ...]:
     """The limits of ``text``, parsed by ``limits`` (and remembered).
 
     :raises ValueError: not the ``limits`` notation, more than
-        :data:`MAX_LIMITS` limits, or a limit that allows no request.
+        :data:`MAX_LIMITS` limits, a limit that allows no request or more
+        than :data:`MAX_AMOUNT`, or a window longer than :data:`MAX_PERIOD`
+        (a year).
     """
     # Imported here: importing limits takes about 0.1 s, which the command
     # line and apps without rate limits need not pay.
@@ -92,6 +101,10 @@ def parse_rate_limit(text: str) -> tuple[RateLimitItem, ...]:
         raise ValueError(f"at most {MAX_LIMITS} limits per key, not {len(items)}")
     if any(item.amount < 1 for item in items):
         raise ValueError("a limit must allow at least one request (revoke a key to stop it)")
+    if any(item.amount > MAX_AMOUNT for item in items):
+        raise ValueError(f"a limit may allow at most {MAX_AMOUNT:,} requests per window")
+    if any(item.get_expiry() > MAX_PERIOD for item in items):
+        raise ValueError("a limit's window may be at most 1 year long")
     return items
 
 
@@ -156,22 +169,45 @@ class RateLimiter:
         counts = self.storage.hit(
             [(item.key_for("key", key_id), item.get_expiry()) for item in items]
         )
-        now = time.time()
-        quotas = [
-            Quota(
-                limit=item.amount,
-                remaining=max(0, item.amount - count.hits),
-                reset=math.ceil(now + count.resets_in),
-                retry_after=max(1, math.ceil(count.resets_in)),
-                allowed=count.hits <= item.amount,
-            )
-            for item, count in zip(items, counts, strict=True)
-        ]
+        quotas = _quotas(items, counts)
         refused = [quota for quota in quotas if not quota.allowed]
         if refused:
             # Free again only once every window it is over has ended.
             raise RateLimitedError(max(refused, key=lambda quota: quota.retry_after))
-        return min(quotas, key=lambda quota: (quota.remaining, quota.retry_after))
+        return _tightest(quotas)
+
+    def peek(self, key_id: str, rate_limit: str | None) -> Quota | None:
+        """Where ``key_id`` stands, without counting a request: for the
+        headers of an answer that spends nothing (a 403).
+
+        :returns: ``None`` if no limit applies.
+        """
+        text = rate_limit or self.default
+        items = () if text is None else _items(text, self.default)
+        if not items:
+            return None
+        counts = [
+            self.storage.get(item.key_for("key", key_id), item.get_expiry()) for item in items
+        ]
+        return _tightest(_quotas(items, counts))
+
+
+def _quotas(items: t.Sequence[RateLimitItem], counts: t.Sequence[Count]) -> list[Quota]:
+    now = time.time()
+    return [
+        Quota(
+            limit=item.amount,
+            remaining=max(0, item.amount - count.hits),
+            reset=math.ceil(now + count.resets_in),
+            retry_after=max(1, math.ceil(count.resets_in)),
+            allowed=count.hits <= item.amount,
+        )
+        for item, count in zip(items, counts, strict=True)
+    ]
+
+
+def _tightest(quotas: list[Quota]) -> Quota:
+    return min(quotas, key=lambda quota: (quota.remaining, quota.retry_after))
 
 
 def _items(text: str, default: str | None) -> tuple[RateLimitItem, ...]:

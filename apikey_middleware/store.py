@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from ._checks import integer, number
 from ._engine import SharedConnectionPool, create_store_engine, sqlite_file_missing
-from ._issue import issue_key, retirement
+from ._issue import issue_key, retirement, successor_of
 from ._time import expiry, moment, utcnow
 from .changes import (
     REVOCATION_MODES,
@@ -32,7 +32,7 @@ from .changes import (
     channel_for,
     default_revocation,
 )
-from .errors import KeyNotFoundError, StoreUnavailableError
+from .errors import AlreadyRotatedError, KeyNotFoundError, StoreUnavailableError
 from .hashing import DEFAULT_ROUNDS, KeyHasher
 from .keys import KEY_TYPES, ParsedKey, is_key_id, shown_safely
 from .pepper import PepperCheck
@@ -395,6 +395,8 @@ class SQLAlchemyKeyStore:
         after its creation. The new record's ``replaces`` names the old one.
 
         :raises KeyNotFoundError: no key has this id.
+        :raises ~apikey_middleware.errors.AlreadyRotatedError: the key was
+            rotated already (a second successor is never made).
         :raises ValueError: the key is revoked, or ``grace`` is negative.
         """
         if not isinstance(grace, timedelta) or grace < timedelta(0):
@@ -404,6 +406,10 @@ class SQLAlchemyKeyStore:
             raise KeyNotFoundError(str(key_id))
         if old.revoked_at is not None:
             raise ValueError(f"key {key_id!r} is revoked and cannot be rotated")
+        with self.engine.connect() as connection:
+            successor = successor_of(connection, old.id)
+        if successor is not None:
+            raise AlreadyRotatedError(old.id, successor)
         self._pepper.claim()
         lifetime = None if old.expires_at is None else old.expires_at - old.created_at
         return issue_key(

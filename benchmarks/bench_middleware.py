@@ -179,6 +179,17 @@ def shared_variants(url: str, requests: int) -> dict[str, Variant]:
             requests,
             unauthorized,
         ),
+        # No key, and 150 method overrides, each a different value: refused
+        # before any rule is looked up.
+        "overrides": Variant(
+            "error: 150 method overrides",
+            guarded,
+            EnvironBuilder(
+                path="/hello", query_string="&".join(f"_method=Q{n}" for n in range(150))
+            ).get_environ(),
+            requests,
+            "400 BAD REQUEST",
+        ),
         "malformed": Variant(
             "error: malformed key", guarded, environ_for(key="sk_live_nope"), requests, invalid
         ),
@@ -263,6 +274,7 @@ def run(
     table.ratio(SECTION, "unknown id / no key", error_ratio("unknown"))
     table.ratio(SECTION, "repeated wrong secret / no key", error_ratio("wrong"))
     table.ratio(SECTION, "missing scope / no key", error_ratio("forbidden"))
+    table.ratio(SECTION, "150 method overrides / no key", error_ratio("overrides"), "<= 2")
 
 
 def writer_throughput(table: Table, label: str, url: str, rows: int = 20_000) -> None:

@@ -45,7 +45,7 @@ from werkzeug.sansio.response import Response as SansIOResponse
 from werkzeug.security import check_password_hash, generate_password_hash
 from werkzeug.wrappers import Response
 
-from apikey_middleware import SQLAlchemyKeyStore, StoreError
+from apikey_middleware import FailureThrottle, SQLAlchemyKeyStore, StoreError
 from apikey_middleware.dashboard import create_dashboard, csrf_token_valid, secure_headers
 from apikey_middleware.flask import ApiKeys, require_principal, require_scopes
 from examples._demo import (
@@ -73,6 +73,11 @@ SCOPES = {
     "clients:delete": "Delete clients",
 }
 DASHBOARD_URL = "/settings/api-keys"
+#: Failed sign-ins allowed per client address a minute, and per account in
+#: 15 minutes: each costs a password hash check (scrypt), so a guesser
+#: gets a few, and cannot use the login to starve the API of CPU.
+LOGIN_FAILURES_PER_ADDRESS = (10, 60.0)
+LOGIN_FAILURES_PER_ACCOUNT = (20, 900.0)
 
 apikeys = ApiKeys()
 clients = Blueprint("clients", __name__, url_prefix="/v1/clients")
@@ -193,10 +198,22 @@ def _safe_next(target: str | None) -> str:
 
 def add_login(app: Flask) -> None:
     """The example's own sign-in: ``EXAMPLE_ACCOUNTS`` maps each account to
-    a password hash (Werkzeug's); the account is its keys' owner."""
+    a password hash (Werkzeug's); the account is its keys' owner. Failed
+    sign-ins are throttled per address and per account name
+    (:data:`LOGIN_FAILURES_PER_ADDRESS`, :data:`LOGIN_FAILURES_PER_ACCOUNT`)."""
     if not app.secret_key:
         app.secret_key = os.environ.get("FLASK_SECRET_KEY") or secrets.token_hex(32)
     accounts: dict[str, str] = dict(app.config.get("EXAMPLE_ACCOUNTS", {}))
+    # Counted where the API's rate limits are (with Redis, for every process).
+    with app.app_context():
+        counters = apikeys.guard.rate_limiter.storage
+    per_address = FailureThrottle(*LOGIN_FAILURES_PER_ADDRESS, storage=counters)
+    per_account = FailureThrottle(*LOGIN_FAILURES_PER_ACCOUNT, storage=counters)
+
+    def throttled(address: str, name: str) -> int | None:
+        """Seconds until this address or account may try again, if it may not now."""
+        waits = [per_address.retry_after(address), per_account.retry_after(f"account:{name}")]
+        return max((wait for wait in waits if wait is not None), default=None)
 
     # Checked for an unknown name too, so that the answer takes as long; made
     # on first use, so that starting a worker costs no hashing.
@@ -208,10 +225,15 @@ def add_login(app: Flask) -> None:
     def login() -> ResponseReturnValue:
         error, status = None, 200
         if request.method == "POST":
-            name = request.form.get("username", "")
+            name = request.form.get("username", "")[:100]
             password = request.form.get("password", "")
+            address = request.remote_addr or ""
+            wait = throttled(address, name)
             if not csrf_token_valid():
                 error, status = "The form expired: try again.", 400
+            elif wait is not None:
+                # Refused before any hash is checked.
+                error, status = f"Too many failed sign-ins: try again in {wait} s.", 429
             elif name in accounts and check_password_hash(accounts[name], password):
                 session.clear()  # a new session, and a new CSRF token, per sign-in
                 session["account"] = name
@@ -219,9 +241,14 @@ def add_login(app: Flask) -> None:
             else:
                 if name not in accounts:
                     check_password_hash(unknown(), password)
+                per_address.attempt(address)
+                per_account.attempt(f"account:{name}")
                 error, status = "Wrong name or password.", 401
         page = render_template("login.html", error=error, accounts=sorted(accounts))
-        return secure_headers(Response(page, status, mimetype="text/html"))
+        response = Response(page, status, mimetype="text/html")
+        if status == 429:
+            response.headers["Retry-After"] = str(wait)
+        return secure_headers(response)
 
     @app.post("/logout")
     def logout() -> ResponseReturnValue:

@@ -526,3 +526,13 @@ def test_stored_scopes_are_printed_escaped(url: str, store: SQLAlchemyKeyStore) 
         assert "\\x1b[2J" in result.output
     result = run(url, "rotate", issued.id)  # a scope that is not one is not copied
     assert_one_line_error(result, 1, "invalid scope")
+
+
+def test_rotate_a_key_already_rotated_is_an_error(url: str, store: SQLAlchemyKeyStore) -> None:
+    old = store.create_key("n")
+    assert run(url, "rotate", old.id, "--grace", "24h").exit_code == 0
+    (new,) = [record for record in store.list_keys() if record.replaces == old.id]
+    assert_one_line_error(
+        run(url, "rotate", old.id, "--grace", "24h"), 1, f"already rotated to '{new.id}'"
+    )
+    assert len(store.list_keys(include_revoked=True)) == 2

@@ -287,3 +287,66 @@ def test_flask_example_prints_its_dashboard_and_accounts_that_sign_in(
     assert status == 200
     assert "Signed in as <strong>alice</strong>" in page
     assert "Generate New Key" in page
+
+
+def test_flask_example_throttles_failed_sign_ins_before_checking_a_password(
+    flask_example: Served,
+) -> None:
+    accounts = dict(ACCOUNT_RE.findall(flask_example.output))
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+
+    def sign_in(name: str, password: str) -> tuple[int, str, str | None]:
+        with browser.open(f"{flask_example.base}/login", timeout=10) as page:
+            token = re.search(r'name="csrf_token" value="([^"]+)"', page.read().decode())
+        assert token
+        form = urllib.parse.urlencode(
+            {"csrf_token": token.group(1), "username": name, "password": password}
+        ).encode()
+        try:
+            with browser.open(f"{flask_example.base}/login", form, timeout=10) as answer:
+                return answer.status, answer.read().decode(), None
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, error.read().decode(), error.headers.get("Retry-After")
+
+    # Ten failures from this address, over names known and unknown, then 429.
+    statuses = [sign_in(("alice", "nobody")[n % 2], "wrong")[0] for n in range(10)]
+    assert statuses == [401] * 10
+    status, page, retry_after = sign_in("bob", accounts["bob"])
+    assert status == 429
+    assert "Too many failed sign-ins: try again in" in page
+    assert retry_after is not None
+    assert 1 <= int(retry_after) <= 60
+
+
+def test_flask_example_throttles_failed_sign_ins_per_account_from_any_address(
+    tmp_path: Path,
+) -> None:
+    from werkzeug.security import generate_password_hash
+
+    from examples.flask_app import LOGIN_FAILURES_PER_ACCOUNT, create_app
+
+    accounts = {"alice": generate_password_hash("a-pw"), "bob": generate_password_hash("b-pw")}
+    app = create_app(
+        {
+            "APIKEY_DATABASE_URL": f"sqlite:///{tmp_path / 'keys.db'}",
+            "EXAMPLE_ACCOUNTS": accounts,
+            "SECRET_KEY": "test",
+        }
+    )
+
+    def sign_in(name: str, password: str, address: str) -> int:
+        client = app.test_client()
+        page = client.get("/login", environ_base={"REMOTE_ADDR": address})
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True))
+        assert token
+        form = {"csrf_token": token.group(1), "username": name, "password": password}
+        answer = client.post("/login", data=form, environ_base={"REMOTE_ADDR": address})
+        return answer.status_code
+
+    limit, _ = LOGIN_FAILURES_PER_ACCOUNT
+    assert [sign_in("alice", "wrong", f"10.0.0.{n}") for n in range(limit)] == [401] * limit
+    # Alice's account is held from every address, her right password too;
+    # bob signs in from the same new address.
+    assert sign_in("alice", "a-pw", "10.0.1.1") == 429
+    assert sign_in("bob", "b-pw", "10.0.1.1") == 303

@@ -606,3 +606,55 @@ def test_response_iterable_of_the_app_is_passed_through(
     assert response.get_data() == b"streamed"
     response.close()
     assert closed == [True]
+
+
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [
+        pytest.param("_method=DELETE&_method=DELETE", {}, id="two-in-the-query"),
+        pytest.param("_method=DELETE", {"X-HTTP-Method-Override": "DELETE"}, id="query-and-header"),
+        pytest.param("", {"X-HTTP-Method": "GET", "X-Method-Override": "GET"}, id="two-headers"),
+        pytest.param("_method=PROPFIND", {}, id="not-a-standard-method"),
+        pytest.param("_method=" + "Q" * 20, {}, id="long"),
+        pytest.param("_method=", {}, id="empty"),
+        pytest.param("_method=G%C3%89T", {}, id="not-ascii"),
+        pytest.param("%5Fmethod=PROPFIND", {}, id="percent-encoded-name"),
+        pytest.param("&".join(f"_method=Q{n}" for n in range(150)), {}, id="150-unique-values"),
+    ],
+)
+def test_more_than_one_override_or_an_unknown_one_gets_400_before_any_key(
+    client: Client, app: RecordingApp, admin: IssuedKey, query: str, headers: dict[str, str]
+) -> None:
+    for key in ({}, bearer(admin.key)):
+        response = client.get("/v1/clients/3", query_string=query, headers={**key, **headers})
+        assert response.status_code == 400
+        assert response.json == BAD_REQUEST
+    assert app.environs == []
+
+
+def test_one_standard_override_in_any_case_is_judged(
+    client: Client, app: RecordingApp, reader: IssuedKey
+) -> None:
+    for query in ("_method=delete", "_method=%20DELETE%20", "%5Fmethod=Delete"):
+        response = client.get("/v1/clients/3", query_string=query, headers=bearer(reader.key))
+        assert response.status_code == 403, query
+    assert (
+        client.get(
+            "/v1/clients/3", query_string="_method=get", headers=bearer(reader.key)
+        ).status_code
+        == 200
+    )
+
+
+def test_overrides_do_not_fill_the_rule_cache(
+    app: RecordingApp, sqlite_store: SQLAlchemyKeyStore
+) -> None:
+    middleware = ApiKeyMiddleware(app, sqlite_store, rules=RULES)
+    client = Client(middleware)
+    client.get("/v1/clients")
+    before = middleware.rules._cached.cache_info().currsize
+    for n in range(100):
+        query = "&".join(f"_method=Q{n}x{m}" for m in range(20))
+        assert client.get("/v1/clients", query_string=query).status_code == 400
+        assert client.get("/v1/clients", query_string=f"_method=Q{n}").status_code == 400
+    assert middleware.rules._cached.cache_info().currsize == before

@@ -105,6 +105,11 @@ def test_rate_limits_in_the_limits_notation_are_kept(
         pytest.param(";".join(["1/second"] * 9), id="too-many"),
         pytest.param("1/second;" * 30 + "1/day", id="too-long"),
         pytest.param(100, id="not-a-string"),
+        pytest.param("1/99999999999 years", id="period-redis-refuses"),
+        pytest.param("1/2 years", id="period-over-a-year"),
+        pytest.param("1/999999999999999999999999999999 second", id="period-in-seconds"),
+        pytest.param("1" + "0" * 60 + "/second", id="amount-10**60"),
+        pytest.param("1000000001/second", id="amount-over-a-billion"),
     ],
 )
 def test_bad_rate_limits_are_refused_and_nothing_is_stored(
@@ -113,6 +118,33 @@ def test_bad_rate_limits_are_refused_and_nothing_is_stored(
     with pytest.raises(ValueError, match="rate_limit"):
         sqlite_store.create_key("n", rate_limit=value)
     assert sqlite_store.list_keys(include_revoked=True) == []
+
+
+def test_limits_up_to_a_year_and_a_billion_are_kept(sqlite_store: SQLAlchemyKeyStore) -> None:
+    for text in ("1/year", "1000000000/second", "5/12 months", "1/31104000 seconds"):
+        assert sqlite_store.create_key("n", rate_limit=text).record.rate_limit == text
+
+
+def test_a_window_too_long_is_refused_by_update_and_the_command_line(
+    sqlite_store: SQLAlchemyKeyStore,
+) -> None:
+    issued = sqlite_store.create_key("n", rate_limit="5/minute")
+    with pytest.raises(ValueError, match="at most 1 year"):
+        sqlite_store.update_key(issued.id, rate_limit="1/99999999999 years")
+    runner = CliRunner()
+    env = {"APIKEY_DATABASE_URL": sqlite_store.url}
+    for args in (
+        ["create", "--name", "p", "--rate-limit", "1/99999999999 years"],
+        ["update", issued.id, "--rate-limit", "1" + "0" * 60 + "/second"],
+    ):
+        result = runner.invoke(main, args, env=env)
+        assert result.exit_code == 2  # click's usage error, as for any bad option
+        assert "Traceback" not in result.output
+        (line,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert "rate limit" in line
+        assert "1 year" in line or "1,000,000,000" in line, line
+    assert sqlite_store.get_key(issued.id).rate_limit == "5/minute"  # type: ignore[union-attr]
+    assert len(sqlite_store.list_keys()) == 1
 
 
 def test_a_rate_limit_holding_a_key_is_refused_without_repeating_it(
@@ -200,8 +232,14 @@ def test_refused_requests_do_not_spend_the_allowance(
         assert not any(name in refused.headers for name in HEADERS)
         forbidden = client.get("/admin", headers=bearer(issued.key))
         assert forbidden.status_code == 403
-        assert not any(name in forbidden.headers for name in HEADERS)
+        # Where the key stands, read and not spent (SPEC 8: every response).
+        assert forbidden.headers["X-RateLimit-Limit"] == "2"
+        assert forbidden.headers["X-RateLimit-Remaining"] == "2"
     assert client.get("/", headers=bearer(issued.key)).headers["X-RateLimit-Remaining"] == "1"
+    after = client.get("/admin", headers=bearer(issued.key))
+    assert after.status_code == 403
+    assert after.headers["X-RateLimit-Remaining"] == "1"
+    assert abs(int(after.headers["X-RateLimit-Reset"]) - time.time() - 60) < 10
     assert client.get("/", headers=bearer(issued.key)).headers["X-RateLimit-Remaining"] == "0"
     assert client.get("/", headers=bearer(issued.key)).status_code == 429
 
@@ -531,3 +569,53 @@ def test_the_update_command_sets_and_clears_a_rate_limit(
     assert (
         issued.key not in run("update", issued.key, "--rate-limit", "1/hour").output
     )  # never echoed
+
+
+def test_a_command_redis_refuses_is_that_request_s_fault_not_an_outage(
+    redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = server_url("redis")
+    storage, other = (
+        CounterStorage(url, prefix=redis_prefix),
+        CounterStorage(url, prefix=redis_prefix),
+    )
+    try:
+        # An expiry Redis refuses ("invalid expire time"), as a limit
+        # written by hand into the database before limits were bounded.
+        (count,) = storage.hit([("poison", 1e16)])
+        assert count.hits == 1
+        assert storage.available
+        assert "refused a command" in caplog.text
+        assert "unavailable" not in caplog.text
+        # The next request, of another key, is counted in Redis: shared.
+        storage.hit([("other", 60)])
+        assert other.hit([("other", 60)])[0].hits == 2
+        assert storage.get("other", 60).hits == 2
+        # A read Redis refuses (a key of another type) is that read's alone.
+        client = redis.Redis.from_url(url)
+        try:
+            client.hset(f"{redis_prefix}:wrong-type", "field", "1")
+            assert storage.get("wrong-type", 60).hits == 0
+        finally:
+            client.close()
+        assert storage.available
+        assert storage.get("other", 60).hits == 2
+    finally:
+        storage.close()
+        other.close()
+
+
+def test_a_403_of_the_flask_decorator_says_where_the_key_stands(
+    sqlite_store: SQLAlchemyKeyStore, counters: CounterStorage
+) -> None:
+    issued = sqlite_store.create_key("n", scopes=["clients:read"], rate_limit="3/minute")
+    app = make_app(sqlite_store, APIKEY_LOG_USAGE=False)
+    app.extensions["apikeys"].guard.rate_limiter.storage = counters
+    client = app.test_client()
+    assert client.get("/read", headers=bearer(issued.key)).headers["X-RateLimit-Remaining"] == "2"
+    for _ in range(4):
+        forbidden = client.post("/write", headers=bearer(issued.key))
+        assert forbidden.status_code == 403
+        assert forbidden.headers["X-RateLimit-Limit"] == "3"
+        assert forbidden.headers["X-RateLimit-Remaining"] == "2"
+    assert client.get("/read", headers=bearer(issued.key)).headers["X-RateLimit-Remaining"] == "1"

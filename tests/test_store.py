@@ -226,3 +226,42 @@ def test_a_missing_driver_of_the_extras_says_what_to_install() -> None:
     assert "'PyMySQL'" in driver_hint(sa.make_url("mysql+pymysql://h/d"))
     assert driver_hint(sa.make_url("postgresql+pg8000://h/d")) == ""
     assert "postgresql+psycopg://" in driver_hint(sa.make_url("postgresql://h/d"))
+
+
+def test_a_key_rotated_once_is_never_rotated_again(store: SQLAlchemyKeyStore) -> None:
+    from apikey_middleware import AlreadyRotatedError
+
+    old = store.create_key("n")
+    new = store.rotate(old.id, grace=timedelta(hours=1))
+    with pytest.raises(AlreadyRotatedError, match="already rotated") as caught:
+        store.rotate(old.id, grace=timedelta(hours=1))
+    assert caught.value.successor_id == new.id
+    assert isinstance(caught.value, ValueError)
+    # Its successor may be rotated in turn.
+    store.rotate(new.id)
+    assert [record.replaces for record in store.list_keys(include_revoked=True)].count(old.id) == 1
+
+
+def test_concurrent_rotations_of_one_key_make_one_successor(store: SQLAlchemyKeyStore) -> None:
+    import threading
+
+    old = store.create_key("n")
+    barrier = threading.Barrier(4)
+    outcomes: list[str] = []
+
+    def rotate() -> None:
+        barrier.wait()
+        try:
+            store.rotate(old.id, grace=timedelta(hours=1))
+            outcomes.append("rotated")
+        except ValueError as error:
+            outcomes.append(type(error).__name__)
+
+    threads = [threading.Thread(target=rotate) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes.count("rotated") == 1, outcomes
+    successors = [r for r in store.list_keys(include_revoked=True) if r.replaces == old.id]
+    assert len(successors) == 1

@@ -1,9 +1,10 @@
-"""The dashboard's pages: the key list, Generate New Key, Revoke, Rotate, usage.
+"""The dashboard blueprint: the key list, Generate New Key, Revoke, Rotate, usage.
 
 Every page works for the signed-in account only, on its own keys: a key id
 of another account, or of no account, answers 404 as an unknown one does.
 Every change is a ``POST`` carrying the session's CSRF token. A new key is
-in one response only, the one to the ``POST`` that made it.
+in one response only, the one to the ``POST`` that made it. How many keys
+an account may make, and how fast, is bounded (``key_rate``, ``max_keys``).
 """
 
 from __future__ import annotations
@@ -13,31 +14,21 @@ import typing as t
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 
-from flask import (
-    Blueprint,
-    abort,
-    flash,
-    g,
-    redirect,
-    render_template,
-    request,
-    url_for,
-)
+from flask import Blueprint, abort, g, redirect, request
 from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 from sqlalchemy import exc
 from werkzeug.exceptions import HTTPException, NotFound
-from werkzeug.wrappers import Response
 
-from .._time import utcnow
-from ..errors import KeyNotFoundError, StoreError
+from ..counters import CounterStorage
+from ..errors import StoreError
 from ..keys import KEY_TYPES, is_key_id
 from ..principal import validate_scope
 from ..records import KeyRecord
-from ._charts import Bucket, Chart, draw, usage_summary
-from ._forms import GRACE_PERIODS, KeyForm, RotateForm
+from ._bounds import DEFAULT_KEY_RATE, DEFAULT_MAX_KEYS, MintBounds
+from ._forms import GRACE_PERIODS
+from ._pages import Pages, page
 from .security import CSRF_FIELD, csrf_token, csrf_token_valid, secure_headers
 
 if t.TYPE_CHECKING:
@@ -46,12 +37,6 @@ if t.TYPE_CHECKING:
 __all__ = ["Dashboard", "create_dashboard"]
 
 logger = logging.getLogger("apikey_middleware")
-
-_SPARK_DAYS = 14
-#: The usage page's charts: bucket -> how many of them.
-_USAGE_SPANS: dict[str, int] = {"hour": 48, "day": 30}
-_LATEST = 50
-_MAX_QUERY = 200
 
 
 @dataclass(frozen=True)
@@ -100,6 +85,9 @@ def create_dashboard(
     key_types: Sequence[str] = KEY_TYPES,
     per_page: int = 50,
     title: str = "API Keys",
+    key_rate: str | None = DEFAULT_KEY_RATE,
+    max_keys: int | None = DEFAULT_MAX_KEYS,
+    counters: CounterStorage | None = None,
 ) -> Blueprint:
     """The seed's Settings > API Keys page as a blueprint to register.
 
@@ -117,6 +105,18 @@ def create_dashboard(
     :param key_types: the key types offered (``"test"``, ``"live"``).
     :param per_page: how many keys one page of the list shows.
     :param title: the page title.
+    :param key_rate: how many keys one account may make (Generate New Key
+        and Rotate alike), in the ``limits`` notation; past it the form
+        answers 429 and nothing is made. Each key costs a bcrypt on a
+        request worker: the default, ``"5/minute;30/hour"``, keeps one
+        account from starving the API's other clients. ``None``: no rate.
+    :param max_keys: the most active keys one account may hold (50 by
+        default); past it Generate New Key, and Rotate with a grace period,
+        answer 409. ``None``: no bound.
+    :param counters: where ``key_rate`` is counted. By default, the
+        counters of the app's :class:`~apikey_middleware.flask.ApiKeys`
+        rate limits (with Redis, shared by every process and host), or
+        this process's memory if it has none.
 
     Templates are under ``apikey_dashboard/``; an app overrides any of them
     with a file of the same name in its own templates folder
@@ -135,8 +135,8 @@ def create_dashboard(
         app.register_blueprint(bp, url_prefix="/settings/api-keys")
 
     :raises TypeError: ``current_owner`` is not callable.
-    :raises ValueError: a scope, key type, ``login_url`` or ``per_page`` is
-        not valid.
+    :raises ValueError: a scope, key type, ``login_url``, ``per_page``,
+        ``key_rate`` or ``max_keys`` is not valid.
     """
     if not callable(current_owner):
         raise TypeError("current_owner must be a callable returning an owner id or None")
@@ -161,6 +161,7 @@ def create_dashboard(
         per_page,
         title,
     )
+    bounds = MintBounds(name, key_rate, max_keys, counters)
     bp = Blueprint(
         name,
         __name__,
@@ -177,7 +178,7 @@ def create_dashboard(
     bp.register_error_handler(HTTPException, _http_error)
     bp.register_error_handler(StoreError, _store_error)
     bp.register_error_handler(exc.SQLAlchemyError, _store_error)
-    pages = _Pages(dashboard)
+    pages = Pages(dashboard, bounds)
     bp.add_url_rule("/", "index", pages.index, methods=["GET"])
     bp.add_url_rule("/new", "new", pages.new, methods=["GET", "POST"])
     bp.add_url_rule("/<key_id>/revoke", "revoke", pages.revoke, methods=["GET", "POST"])
@@ -210,7 +211,7 @@ def _guard(dashboard: Dashboard, static_endpoint: str) -> Callable[[], ResponseR
             raise TypeError(f"current_owner must return a str or None, not {type(owner).__name__}")
         g._apikey_dashboard_owner = owner
         if request.method not in ("GET", "HEAD") and not csrf_token_valid():
-            return _page("apikey_dashboard/refused.html", 400)
+            return page("apikey_dashboard/refused.html", 400)
         return None
 
     return guard
@@ -223,13 +224,9 @@ def _login_url(login_url: str, path: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
-def _page(template: str, status: int = 200, **context: t.Any) -> Response:
-    return Response(render_template(template, **context), status, mimetype="text/html")
-
-
 def _http_error(error: HTTPException) -> ResponseReturnValue:
     if isinstance(error, NotFound):
-        return _page("apikey_dashboard/not_found.html", 404)
+        return page("apikey_dashboard/not_found.html", 404)
     return error
 
 
@@ -237,141 +234,4 @@ def _store_error(error: Exception) -> ResponseReturnValue:
     # The driver's words stay in the log; keys never reach the store's
     # errors (only ids, names and scopes do).
     logger.warning("API key dashboard: the key store failed: %s", type(error).__name__)
-    return _page("apikey_dashboard/unavailable.html", 503)
-
-
-class _Pages:
-    """The views, around one :class:`Dashboard`."""
-
-    def __init__(self, dashboard: Dashboard) -> None:
-        self.dashboard = dashboard
-        self.store = dashboard.store
-
-    def index(self) -> ResponseReturnValue:
-        show_revoked = request.args.get("revoked") == "1"
-        query = request.args.get("q", "")[:_MAX_QUERY].strip()
-        records = self.store.list_keys(owner=self.dashboard.owner(), include_revoked=show_revoked)
-        if query:
-            wanted = query.lower()
-            records = [
-                record
-                for record in records
-                if wanted in record.name.lower() or wanted in record.prefix.lower()
-            ]
-        records.reverse()  # newest first
-        per_page = self.dashboard.per_page
-        pages = max(1, -(-len(records) // per_page))
-        page = request.args.get("page", "1")
-        number = int(page) if page.isdigit() and 1 <= int(page) <= pages else 1
-        shown = records[(number - 1) * per_page : number * per_page]
-        now = utcnow()
-        return _page(
-            "apikey_dashboard/list.html",
-            rows=[(record, record.state(now), self._spark(record)) for record in shown],
-            count=len(records),
-            page=number,
-            pages=pages,
-            query=query,
-            show_revoked=show_revoked,
-            spark_days=_SPARK_DAYS,
-        )
-
-    def _spark(self, record: KeyRecord) -> Chart:
-        now = utcnow()
-        since = now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
-            days=_SPARK_DAYS - 1
-        )
-        # A key not used since the window began has nothing to count.
-        used = record.last_used_at is not None and record.last_used_at >= since
-        buckets = (
-            usage_summary(self.store, key_id=record.id, since=since, bucket="day") if used else []
-        )
-        return draw(buckets, bucket="day", count=_SPARK_DAYS, width=84, height=20, until=now)
-
-    def new(self) -> ResponseReturnValue:
-        dashboard = self.dashboard
-        if request.method == "GET":
-            return _page("apikey_dashboard/new.html", form=KeyForm(key_type=dashboard.key_types[0]))
-        form = KeyForm.read(
-            request.form,
-            scopes=dashboard.scopes,
-            key_types=dashboard.key_types,
-        )
-        if form.errors:
-            return _page("apikey_dashboard/new.html", 400, form=form)
-        try:
-            issued = self.store.create_key(
-                form.name, owner=dashboard.owner(), **form.store_options()
-            )
-        except ValueError:
-            # What the form could not check (a rate limit the store refuses).
-            errors = {"form": "The key could not be made with these settings."}
-            return _page(
-                "apikey_dashboard/new.html", 400, form=KeyForm(**{**vars(form), "errors": errors})
-            )
-        logger.info("API key dashboard: %s made key %s", dashboard.owner(), issued.id)
-        return _page("apikey_dashboard/created.html", 201, issued=issued, rotated=None)
-
-    def revoke(self, key_id: str) -> ResponseReturnValue:
-        record = self.dashboard.key_of_owner(key_id)
-        if request.method == "GET":
-            return _page("apikey_dashboard/revoke.html", record=record)
-        try:
-            self.store.revoke(record.id)
-        except KeyNotFoundError:
-            abort(404)
-        logger.info("API key dashboard: %s revoked key %s", self.dashboard.owner(), record.id)
-        flash(
-            f"Revoked “{record.name}” ({record.prefix}). Requests with it are refused from now on."
-        )
-        return redirect(url_for(".index"), 303)
-
-    def rotate(self, key_id: str) -> ResponseReturnValue:
-        record = self.dashboard.key_of_owner(key_id)
-        if request.method == "GET":
-            return _page("apikey_dashboard/rotate.html", record=record, form=RotateForm())
-        form = RotateForm.read(request.form)
-        if form.errors:
-            return _page("apikey_dashboard/rotate.html", 400, record=record, form=form)
-        try:
-            issued = self.store.rotate(record.id, grace=form.period)
-        except KeyNotFoundError:
-            abort(404)
-        except ValueError:
-            errors = {"form": "This key is revoked: it cannot be rotated."}
-            return _page(
-                "apikey_dashboard/rotate.html",
-                409,
-                record=record,
-                form=RotateForm(form.grace, errors),
-            )
-        logger.info(
-            "API key dashboard: %s rotated key %s to %s",
-            self.dashboard.owner(),
-            record.id,
-            issued.id,
-        )
-        old = self.store.get_key(record.id) or record
-        return _page("apikey_dashboard/created.html", 201, issued=issued, rotated=old)
-
-    def usage(self, key_id: str) -> ResponseReturnValue:
-        record = self.dashboard.key_of_owner(key_id)
-        by = request.args.get("by", "hour")
-        if by not in _USAGE_SPANS:
-            by = "hour"
-        bucket = t.cast(Bucket, by)
-        count = _USAGE_SPANS[by]
-        now = utcnow()
-        step = timedelta(hours=1) if by == "hour" else timedelta(days=1)
-        since = now - step * count
-        buckets = usage_summary(self.store, key_id=record.id, since=since, bucket=bucket)
-        chart = draw(buckets, bucket=bucket, count=count, width=720, height=180, until=now)
-        return _page(
-            "apikey_dashboard/usage.html",
-            record=record,
-            state=record.state(now),
-            chart=chart,
-            by=by,
-            spans=_USAGE_SPANS,
-            latest=self.store.usage(record.id, limit=_LATEST),
-        )
+    return page("apikey_dashboard/unavailable.html", 503)

@@ -332,9 +332,9 @@ def _check(scopes: tuple[str, ...]) -> Response | None:
 
 def _log_usage(response: Response) -> Response:
     visit: _Visit | None = request.environ.get(_VISIT_KEY)
-    if visit is not None and visit.quota is not None and visit.accepted:
-        # Every answer to a limited key says where it stands, as the
-        # middleware's do.
+    if visit is not None and visit.quota is not None:
+        # Every answer to a limited key says where it stands, refusals (403)
+        # too, as the middleware's do.
         for name, value in visit.quota.headers():
             response.headers[name] = value
     if visit is not None and visit.key_id is not None and not visit.logged:

@@ -15,8 +15,10 @@ answers with the program's labels:
     app.register_blueprint(bp, url_prefix="/github/secret-scanning")
 
 Anything unsigned, badly signed, oversized or malformed is refused before
-the store is touched. A report is acted on once: the same body again is
-answered 409. Needs the ``secret-scanning`` extra (``cryptography``).
+the store is touched. A report is acted on once: the same body again (a
+retry, as GitHub sends after a slow answer) gets the same labels, 200,
+without a second revoke, record or ``on_leak``. Needs the
+``secret-scanning`` extra (``cryptography``).
 """
 
 from __future__ import annotations
@@ -92,12 +94,6 @@ class MalformedReportError(ReportError):
     code = "BAD_REQUEST"
     status = 400
     message = "The report must be a JSON array of objects with a token and a type"
-
-
-class ReplayedReportError(ReportError):
-    code = "REPLAYED_REPORT"
-    status = 409
-    message = "This report was received before"
 
 
 class MethodNotAllowedError(ReportError):
@@ -216,8 +212,6 @@ class _Endpoint:
         digest = hashlib.sha256(body).hexdigest()
         try:
             return self._act(items, digest)
-        except leaks.ReplayedReport:
-            raise ReplayedReportError from None
         except exc.SQLAlchemyError as error:
             cause = error.orig if isinstance(error, exc.DBAPIError) else error
             logger.error(
@@ -228,8 +222,7 @@ class _Endpoint:
             raise ServiceUnavailableError() from None
 
     def _act(self, items: list[_Item], digest: str) -> Response:
-        if leaks.report_seen(self.store, digest):
-            raise leaks.ReplayedReport
+        seen = leaks.report_seen(self.store, digest)
         parsed: dict[str, ParsedKey] = {}
         for item in items:
             key = parse_key(item.token)
@@ -239,7 +232,13 @@ class _Endpoint:
             self.store, list(parsed.values()), max_checks=self.max_checks
         )
         found = [(ours[item.token], item.url, item.source) for item in items if item.token in ours]
-        actions = leaks.record(self.store, found, revoke=self.revoke, report_digest=digest)
+        if seen:
+            return self._answer_again(items, ours, unchecked, digest)
+        try:
+            actions = leaks.record(self.store, found, revoke=self.revoke, report_digest=digest)
+        except leaks.ReplayedReport:
+            # A concurrent copy of the report acted on it first.
+            return self._answer_again(items, ours, unchecked, digest)
         if unchecked:
             logger.warning(
                 "secret scanning report %s: %d token(s) of key ids %s left unchecked"
@@ -256,20 +255,17 @@ class _Endpoint:
             ", ".join(f"{key_id} ({action})" for key_id, action in actions.items()) or "none",
         )
         self._tell(found, actions)
-        skipped = {key.key for key in unchecked}
-        labels, seen = [], set()
-        for item in items:
-            if item.token in seen or item.token in skipped:
-                continue
-            seen.add(item.token)
-            labels.append(
-                {
-                    "token_hash": hashlib.sha256(item.token.encode("utf-8")).hexdigest(),
-                    "token_type": item.token_type,
-                    "label": "true_positive" if item.token in ours else "false_positive",
-                }
-            )
-        return Response(json.dumps(labels), 200, {"Content-Type": "application/json"})
+        return _labels(items, ours, unchecked)
+
+    def _answer_again(
+        self,
+        items: list[_Item],
+        ours: dict[str, leaks.KeyRow],
+        unchecked: list[ParsedKey],
+        digest: str,
+    ) -> Response:
+        logger.info("secret scanning report %s received again: answered, not acted on", digest[:12])
+        return _labels(items, ours, unchecked)
 
     def _tell(
         self, found: list[tuple[leaks.KeyRow, str, str]], actions: dict[str, leaks.Action]
@@ -286,6 +282,26 @@ class _Endpoint:
             except Exception:
                 # The key is revoked and recorded whatever the hook does.
                 logger.exception("the on_leak hook failed for key %s", row.id)
+
+
+def _labels(
+    items: list[_Item], ours: dict[str, leaks.KeyRow], unchecked: list[ParsedKey]
+) -> Response:
+    """The program's answer: a label per token checked, in the report's order."""
+    skipped = {key.key for key in unchecked}
+    labels, seen = [], set()
+    for item in items:
+        if item.token in seen or item.token in skipped:
+            continue
+        seen.add(item.token)
+        labels.append(
+            {
+                "token_hash": hashlib.sha256(item.token.encode("utf-8")).hexdigest(),
+                "token_type": item.token_type,
+                "label": "true_positive" if item.token in ours else "false_positive",
+            }
+        )
+    return Response(json.dumps(labels), 200, {"Content-Type": "application/json"})
 
 
 def create_blueprint(
