@@ -275,7 +275,11 @@ def test_rotate_with_grace_prints_the_new_key_and_both_work(
 
 def test_rotate_without_grace_revokes_the_old_key(url: str, store: SQLAlchemyKeyStore) -> None:
     old = store.create_key("n")
-    result = run(url, "rotate", old.id)
+    result = run(url, "rotate", old.id, input="n\n")
+    assert result.exit_code == 1, "asked first, and no changes nothing"
+    assert "with no grace period?" in result.stderr
+    assert store.get_key(old.id).revoked_at is None  # type: ignore[union-attr]
+    result = run(url, "rotate", old.id, input="y\n")
     assert result.exit_code == 0
     assert "is revoked" in result.stdout
     assert store.get_key(old.id).revoked_at is not None  # type: ignore[union-attr]
@@ -524,7 +528,7 @@ def test_stored_scopes_are_printed_escaped(url: str, store: SQLAlchemyKeyStore) 
         result = run(url, *args)
         assert "\x1b" not in result.output
         assert "\\x1b[2J" in result.output
-    result = run(url, "rotate", issued.id)  # a scope that is not one is not copied
+    result = run(url, "rotate", issued.id, "--yes")  # a scope that is not one is not copied
     assert_one_line_error(result, 1, "invalid scope")
 
 

@@ -110,7 +110,9 @@ def test_a_whole_key_is_taken_for_its_id_and_never_printed(
     url: str, store: SQLAlchemyKeyStore, command: str
 ) -> None:
     issued = store.create_key("whole", scopes=["a:b"])
-    extra = {"revoke": ["--yes"], "update": ["--name", "renamed"]}.get(command, [])
+    extra = {"revoke": ["--yes"], "rotate": ["--yes"], "update": ["--name", "renamed"]}.get(
+        command, []
+    )
     result = run(url, command, issued.key, *extra)
     assert result.exit_code == 0, result.output
     assert issued.key not in result.output
@@ -200,7 +202,7 @@ def test_rotate_warns_that_the_default_grace_revokes_the_old_key_at_once(
     url: str, store: SQLAlchemyKeyStore
 ) -> None:
     first = store.create_key("n")
-    result = run(url, "rotate", first.id)
+    result = run(url, "rotate", first.id, "--yes")
     assert result.exit_code == 0
     assert "--grace 24h" in result.stderr
     assert "stopped working now" in result.stderr

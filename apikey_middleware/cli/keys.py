@@ -349,22 +349,33 @@ def revoke(key_id: str, yes: bool) -> None:
     show_default=True,
     help="How long the old key keeps working, e.g. 24h; 0 revokes it now.",
 )
+@click.option("--yes", is_flag=True, help="Do not ask, where no --grace was given.")
 @click.pass_context
 @store_command
-def rotate(ctx: click.Context, key_id: str, grace: timedelta) -> None:
+def rotate(ctx: click.Context, key_id: str, grace: timedelta, yes: bool) -> None:
     """Replace a key with a new one; print the new key, once.
 
-    The new key has the old one's name, type, scopes and owner. By default
-    (--grace 0) the old key stops working at once: give --grace 24h to let
-    clients switch over.
+    The new key has the old one's name, type, scopes, owner and rate limit,
+    and as long a lifetime as the old one had, from now. By default
+    (--grace 0) the old key stops working at once, so the command asks
+    first: give --grace 24h to let clients switch over.
     """
     old = get_record(key_id)
+    chose_grace = ctx.get_parameter_source("grace") is not ParameterSource.DEFAULT
+    if not (yes or chose_grace) and old.revoked_at is None:
+        click.confirm(
+            f"Rotate {old.key_type} key {old.id} ({shown(old.name)}) with no grace period?"
+            f" The old key stops working at once (to let clients switch over:"
+            f" '{group_path()} rotate ID --grace 24h')",
+            abort=True,
+            err=True,
+        )
     issued = store().rotate(old.id, grace=grace)
     _show_issued(issued, f"Rotated {old.id}: new")
     old = get_record(old.id)
     if old.revoked_at is not None:
         click.echo(f"The old key {old.id} is revoked.")
-        if ctx.get_parameter_source("grace") is ParameterSource.DEFAULT:
+        if yes and not chose_grace:
             click.echo(
                 f"Warning: with the default grace of 0 the old key stopped working now;"
                 f" to let clients switch over, rotate with a grace period, such as"
