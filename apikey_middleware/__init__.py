@@ -1,6 +1,7 @@
 """API-key authentication for any WSGI application."""
 
 from .backend import KeyBackend as KeyBackend
+from .buckets import UsageBucket as UsageBucket
 from .counters import CounterStorage as CounterStorage
 from .errors import ApiKeyError as ApiKeyError
 from .errors import BadRequestError as BadRequestError
@@ -55,6 +56,7 @@ __all__ = [
     "StoreUnavailableError",
     "TooManyRequestsError",
     "UTCDateTime",
+    "UsageBucket",
     "UsageRecord",
     "UsageWriter",
     "metadata",
