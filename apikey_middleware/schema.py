@@ -258,7 +258,7 @@ def _truncated(period: str, dialect: str) -> sa.ColumnElement[t.Any]:
         return sa.func.date_trunc(sa.literal_column(f"'{period}'"), column)
     formats = {"minute": "%Y-%m-%d %H:%M", "hour": "%Y-%m-%d %H:00", "day": "%Y-%m-%d 00:00"}
     if dialect == "sqlite":  # times are text: SQLAlchemy's own format
-        return sa.func.strftime(sa.literal_column(f"'{formats[period]}:00'"), column)
+        return sa.func.strftime(sa.literal_column(f"'{formats[period]}:00.000000'"), column)
     mysql_format = formats[period].replace("%M", "%i")
     return sa.func.date_format(column, sa.literal_column(f"'{mysql_format}:00'"))
 

@@ -199,7 +199,8 @@ class UsageLog:
         last_used: Mapping[str, datetime],
         batch_id: str | None,
     ) -> None:
-        to_db: Callable[[t.Any], t.Any] = _TIME.bind_processor(connection.dialect) or (
+        dialect = connection.dialect
+        to_db: Callable[[t.Any], t.Any] = _TIME.dialect_impl(dialect).bind_processor(dialect) or (
             lambda value: value
         )
         now = utcnow()

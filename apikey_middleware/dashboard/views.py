@@ -32,11 +32,12 @@ from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.wrappers import Response
 
 from .._time import utcnow
+from ..buckets import Bucket
 from ..errors import KeyNotFoundError, StoreError
 from ..keys import KEY_TYPES, is_key_id
 from ..principal import validate_scope
 from ..records import KeyRecord
-from ._charts import Bucket, Chart, draw, usage_summary
+from ._charts import Chart, draw, usage_summary
 from ._forms import GRACE_PERIODS, KeyForm, RotateForm
 from .security import CSRF_FIELD, csrf_token, csrf_token_valid, secure_headers
 
