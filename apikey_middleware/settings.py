@@ -40,7 +40,10 @@ def _retention(name: str, value: object) -> timedelta | None:
     if value is None or isinstance(value, timedelta):
         retention = value
     elif isinstance(value, str):
-        retention = parse_duration(value)
+        try:
+            retention = parse_duration(value)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
     else:
         raise ValueError(f"{name} must be a timedelta or a duration such as 90d")
     if retention is not None and retention <= timedelta(0):

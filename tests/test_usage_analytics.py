@@ -20,7 +20,7 @@ from apikey_middleware.schema import batches_table, rollups_table, usage_table
 from apikey_middleware.usage import UsageWriter
 from apikey_middleware.usage_log import PRUNE_BATCH
 
-from .conftest import RecordingApp, StoreFactory, bearer
+from .conftest import RecordingApp, StoreFactory, bearer, make_app
 
 BASE = datetime(2030, 5, 1, 10, 0, tzinfo=UTC)
 
@@ -271,3 +271,37 @@ def test_a_failed_prune_is_logged_and_tried_again_an_hour_later(
         writer._prune_if_due()  # not due again so soon
     assert caplog.text.count("could not delete old usage, will try in an hour") == 1
     writer.close()
+
+
+def test_last_used_at_is_the_latest_accepted_request_of_a_shared_row(
+    store: SQLAlchemyKeyStore,
+) -> None:
+    issued = store.create_key("n")
+    writer = UsageWriter(store, interval=3600)
+    for accepted in (True, True, False):
+        writer.record(issued.id, "GET", "/", 200 if accepted else 401, None, accepted=accepted)
+    writer.record(issued.id, "GET", "/", 200, None, accepted=True)
+    writer.record(issued.id, "GET", "/", 403, None, accepted=False)  # refused: not "used"
+    writer.close()
+    shared = [row for row in store.usage(issued.id) if row.status == 200]
+    assert sum(row.requests for row in shared) == 3
+    record = store.get_key(issued.id)
+    assert record is not None
+    assert record.last_used_at is not None
+    # The last of the three accepted requests, not the first their row keeps.
+    assert record.last_used_at >= max(row.occurred_at for row in shared)
+    refused_at = max(row.occurred_at for row in store.usage(issued.id) if row.status == 403)
+    assert record.last_used_at <= refused_at
+
+
+def test_flask_takes_the_retention_as_a_duration(sqlite_store: SQLAlchemyKeyStore) -> None:
+    app = make_app(sqlite_store, APIKEY_USAGE_RETENTION="90d")
+    writer = app.extensions["apikeys"].guard.usage
+    assert writer.retention == timedelta(days=90)
+    writer.close()
+    app = make_app(sqlite_store, APIKEY_USAGE_RETENTION=timedelta(hours=1))
+    assert app.extensions["apikeys"].guard.usage.retention == timedelta(hours=1)
+    app.extensions["apikeys"].guard.usage.close()
+    for bad in ("soon", "0", 90):
+        with pytest.raises(ValueError, match="APIKEY_USAGE_RETENTION"):
+            make_app(sqlite_store, APIKEY_USAGE_RETENTION=bad)
