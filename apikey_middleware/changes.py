@@ -198,11 +198,15 @@ class PostgresNotifications(ChangeChannel):
 
     The token moves with every notification and with every (re)connection,
     since notifications sent while not listening are lost. While the
-    listener is down or has not checked its connection for a while, the
-    token is ``None`` and every request reads its row.
+    listener is down or has not checked its connection for two heartbeats,
+    the token is ``None`` and every request reads its row: a connection that
+    stops answering without closing hides changes for at most that long.
     """
 
-    def __init__(self, engine: Engine, *, heartbeat: float = 1.0) -> None:
+    #: Heartbeats without an answer after which the listener counts as deaf.
+    DEAF_AFTER = 2
+
+    def __init__(self, engine: Engine, *, heartbeat: float = 0.5) -> None:
         self.engine = engine
         self.heartbeat = heartbeat
         self._counter = 0
@@ -226,7 +230,7 @@ class PostgresNotifications(ChangeChannel):
     def token(self) -> int | None:
         if not self._started:
             self._start()
-        if time.monotonic() - self._alive_at > 3 * self.heartbeat:
+        if time.monotonic() - self._alive_at > self.DEAF_AFTER * self.heartbeat:
             return None
         return self._counter
 

@@ -15,7 +15,11 @@ in ``apikey_meta``:
   keys, with a :exc:`ValueError` naming ``APIKEY_PEPPER``;
 - once no key of the old pepper is usable (all revoked or expired), a key
   made with a new pepper records the new one: that is how a pepper is
-  changed.
+  changed;
+- a running store whose keys start failing their check looks again (at most
+  once a minute) and logs an error naming ``APIKEY_PEPPER`` when the
+  database now records another pepper: a key made by a process with
+  another pepper after this one started cannot fail silently.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
+import time
 import typing as t
 
 import sqlalchemy as sa
@@ -42,6 +47,9 @@ FINGERPRINT_ROW = "pepper_fingerprint"
 
 _READ = sa.select(meta_table.c.value).where(meta_table.c.name == FINGERPRINT_ROW)
 
+#: Seconds between two looks at the recorded pepper after failed checks.
+RECHECK_INTERVAL = 60.0
+
 
 class PepperCheck:
     """Compares a store's pepper with the one its database records.
@@ -58,6 +66,8 @@ class PepperCheck:
         self.confirmed = False
         self._proof_tried = False
         self._lock = threading.Lock()
+        self._recheck = threading.Lock()
+        self._rechecked_at: float | None = None
 
     def __repr__(self) -> str:
         return f"PepperCheck(confirmed={self.confirmed})"
@@ -178,3 +188,27 @@ class PepperCheck:
             self.confirmed = True
         except exc.SQLAlchemyError as error:
             logger.info("could not record the pepper's fingerprint: %s", type(error).__name__)
+
+    def suspect(self) -> None:
+        """A key of this database failed its check here: if the database
+        now records another pepper, say so in the log.
+
+        A flood of wrong secrets costs at most one read a minute per
+        process, and never waits: a look already under way is enough.
+        """
+        now = time.monotonic()
+        if self._rechecked_at is not None and now - self._rechecked_at < RECHECK_INTERVAL:
+            return
+        if not self._recheck.acquire(blocking=False):
+            return
+        try:
+            self._rechecked_at = now
+            with self.engine.connect() as connection:
+                recorded = self._recorded(connection)
+            if recorded is not None and not hmac.compare_digest(recorded, self.fingerprint):
+                self.confirmed = False
+                logger.error("keys of this database fail here: %s", self.mismatch(recorded))
+        except exc.SQLAlchemyError as error:
+            logger.info("could not read the pepper's fingerprint: %s", type(error).__name__)
+        finally:
+            self._recheck.release()

@@ -142,6 +142,7 @@ class SQLAlchemyKeyStore:
             bcrypt_concurrency=bcrypt_concurrency,
             channel=self.channel,
             on_verified=self._pepper.proven,
+            on_check_failed=self._pepper.suspect,
         )
         self._usage = UsageLog(self.engine)
         self._closed = False

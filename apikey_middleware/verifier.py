@@ -124,6 +124,9 @@ class Verifier:
         still good; ``None`` reads the row on every request.
     :param on_verified: called after a key passes bcrypt (once per key and
         process): the store records there that its pepper is proven.
+    :param on_check_failed: called when the secret of a known, usable key
+        fails its check: the store looks there whether the database records
+        another pepper.
     """
 
     def __init__(
@@ -136,9 +139,11 @@ class Verifier:
         bcrypt_concurrency: int = 1,
         channel: ChangeChannel | None = None,
         on_verified: t.Callable[[], None] | None = None,
+        on_check_failed: t.Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         self._on_verified = on_verified
+        self._on_check_failed = on_check_failed
         self.hasher = hasher
         self.timeout = timeout
         self.channel = channel
@@ -229,12 +234,14 @@ class Verifier:
             # A wrong secret stops here, for one HMAC: only the right key
             # (or one guess in 2**48) goes on to bcrypt.
             if not hmac.compare_digest(self.hasher.check_value(token), check):
+                self._check_failed()
                 raise RejectedKeyError(parsed.key_id)
         # A wrong key stays wrong for as long as the stored hash is the same.
         elif self._failed.get(memo) == row.key_hash or not self._legacy_take(parsed.key_id):
             raise RejectedKeyError(parsed.key_id)
         if not self._bcrypt(token, row.key_hash):
             self._failed.set(memo, row.key_hash)
+            self._check_failed()
             raise RejectedKeyError(parsed.key_id)
         if check is None:
             row = self._set_check(parsed.key_id, token, row)
@@ -250,6 +257,10 @@ class Verifier:
         )
         self._verified.set(memo, (parsed.key_id, row, principal))
         return principal
+
+    def _check_failed(self) -> None:
+        if self._on_check_failed is not None:
+            self._on_check_failed()
 
     def _legacy_take(self, key_id: str) -> bool:
         """Spend one bcrypt of a row without check value, as the attempt

@@ -244,12 +244,11 @@ def add_dashboard(app: Flask) -> None:
     app.register_blueprint(dashboard, url_prefix=DASHBOARD_URL)
 
 
-def print_accounts(base: str, passwords: Mapping[str, str]) -> None:
-    """Print the dashboard's address and the demo accounts' passwords."""
-    print(f"\nDashboard (Settings > API Keys): {base}{DASHBOARD_URL}\n")
-    for name, password in passwords.items():
-        print(f"    account: {name}    password: {password}")
-    print(flush=True)
+def accounts_text(base: str, passwords: Mapping[str, str]) -> str:
+    """The dashboard's address and the demo accounts' passwords."""
+    lines = [f"Dashboard (Settings > API Keys): {base}{DASHBOARD_URL}", ""]
+    lines += [f"    account: {name}    password: {pw}" for name, pw in passwords.items()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -289,9 +288,11 @@ def main(argv: list[str] | None = None) -> None:
             curl("POST", base, admin, '{"name": "Nova", "email": "nova@example.com"}'),
             curl("DELETE", f"{base}/1", admin),
         ],
-        extra=[f"The API's OpenAPI document: http://{args.host}:{args.port}/openapi.json"],
+        extra=[
+            f"The API's OpenAPI document: http://{args.host}:{args.port}/openapi.json",
+            accounts_text(f"http://{args.host}:{args.port}", passwords),
+        ],
     )
-    print_accounts(f"http://{args.host}:{args.port}", passwords)
     app.run(args.host, args.port)
 
 

@@ -23,7 +23,8 @@ from apikey_middleware.changes import (
 )
 from apikey_middleware.keys import ParsedKey, generate_key
 
-from .conftest import TEST_ROUNDS, Statements, StoreFactory, parsed, wait_until
+from .conftest import TEST_ROUNDS, Statements, StoreFactory, parsed, server_url, wait_until
+from .servers import TcpProxy
 
 POLL = 0.5
 
@@ -295,3 +296,23 @@ def test_the_default_sqlite_store_refuses_at_once_a_key_revoked_by_hand_elsewher
 def test_database_servers_default_to_immediate_mode(store: SQLAlchemyKeyStore) -> None:
     assert store.revocation == "immediate"
     assert store.channel is None
+
+
+def test_a_frozen_postgres_listener_stops_vouching_for_rows_within_two_heartbeats() -> None:
+    """A connection that stops answering without closing (a frozen network
+    path) must not keep the channel's promise alive: after two heartbeats
+    without an answer, every request reads its row."""
+    url = sa.make_url(server_url("postgresql"))
+    proxy = TcpProxy(url.port or 5432)
+    engine = sa.create_engine(url.set(port=proxy.port), poolclass=sa.NullPool)
+    channel = PostgresNotifications(engine)
+    try:
+        wait_until(lambda: channel.token() is not None)
+        proxy.freeze()
+        time.sleep(channel.DEAF_AFTER * channel.heartbeat + 0.2)
+        assert channel.token() is None
+        assert channel.DEAF_AFTER * channel.heartbeat <= 1.0
+    finally:
+        channel.close()
+        proxy.close()
+        engine.dispose()

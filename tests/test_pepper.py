@@ -13,6 +13,7 @@ from flask import Flask
 from apikey_middleware import InvalidKeyError, SQLAlchemyKeyStore
 from apikey_middleware.cli import main
 from apikey_middleware.flask import ApiKeys
+from apikey_middleware.keys import generate_key
 from apikey_middleware.pepper import FINGERPRINT_ROW
 from apikey_middleware.schema import meta_table
 
@@ -93,6 +94,40 @@ def test_an_app_with_another_pepper_refuses_to_start(sqlite_url: str) -> None:
     app.config.update(APIKEY_DATABASE_URL=sqlite_url, APIKEY_PEPPER="in the config")
     with pytest.raises(ValueError, match="APIKEY_PEPPER"):
         ApiKeys(app)
+
+
+def test_a_key_made_with_another_pepper_after_the_app_started_is_logged(
+    database_url: str,
+    store_factory: StoreFactory,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """init-db, the app starts with its pepper (no key yet), then
+    ``apikey create`` without one: the app's first refusal says why."""
+    monkeypatch.delenv("APIKEY_PEPPER", raising=False)
+    app_store = store_factory(database_url, pepper=PEPPER)
+    app_store.check_setup()
+    cli_store = store_factory(database_url, schema=False)
+    issued = cli_store.create_key("made without the pepper")
+    with caplog.at_level(logging.ERROR, logger="apikey_middleware"):
+        for _ in range(5):
+            with pytest.raises(InvalidKeyError):
+                app_store.authenticate(parsed(issued.key))
+    said = [r.getMessage() for r in caplog.records if "APIKEY_PEPPER" in r.getMessage()]
+    assert len(said) == 1, "one look a minute, however many refusals"
+    assert "hashed without a pepper" in said[0]
+    assert issued.key not in caplog.text
+
+
+def test_wrong_secrets_for_a_key_of_the_same_pepper_log_nothing(
+    sqlite_url: str, store_factory: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = store_factory(sqlite_url, pepper=PEPPER)
+    issued = store.create_key("real")
+    wrong = generate_key("test", issued.id).key  # same id, another secret
+    with caplog.at_level(logging.INFO, logger="apikey_middleware"), pytest.raises(InvalidKeyError):
+        store.authenticate(wrong)
+    assert "APIKEY_PEPPER" not in caplog.text
 
 
 def test_keys_made_before_fingerprints_record_the_pepper_when_one_verifies(
