@@ -194,3 +194,21 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(
     assert message in result.stderr
     assert "Traceback" not in result.output
     assert len([line for line in result.stderr.splitlines() if line.startswith("Error")]) == 1
+
+
+def test_a_long_range_by_minute_shows_only_the_minutes_with_requests(
+    url: str, store: SQLAlchemyKeyStore
+) -> None:
+    issued = store.create_key("n")
+    now = datetime.now(UTC)
+    store.record_usage(
+        [
+            UsageRecord(issued.id, now - timedelta(days=3), "GET", "/a", 200, None),
+            UsageRecord(issued.id, now, "GET", "/a", 404, None),
+        ]
+    )
+    out = ANSI.sub("", run(url, "usage", issued.id, "--by", "minute", "--since", "7d").stdout)
+    minutes = re.findall(r"^\d{4}-\d\d-\d\d \d\d:\d\d  .*$", out, re.MULTILINE)
+    assert len(minutes) == 2  # not 10,080 lines
+    assert "2xx 1" in minutes[0]
+    assert "4xx 1" in minutes[1]

@@ -305,3 +305,38 @@ def test_flask_takes_the_retention_as_a_duration(sqlite_store: SQLAlchemyKeyStor
     for bad in ("soon", "0", 90):
         with pytest.raises(ValueError, match="APIKEY_USAGE_RETENTION"):
             make_app(sqlite_store, APIKEY_USAGE_RETENTION=bad)
+
+
+def test_an_empty_batch_writes_nothing(store: SQLAlchemyKeyStore) -> None:
+    store.record_usage([], batch_id="empty")
+    with store.engine.connect() as connection:
+        assert (
+            connection.execute(sa.select(sa.func.count()).select_from(batches_table)).scalar() == 0
+        )
+    assert "UsageLog(" in repr(store._usage)
+
+
+def test_a_forked_child_writes_its_own_rows_not_its_parents(
+    sqlite_store: SQLAlchemyKeyStore,
+) -> None:
+    import os
+
+    issued = sqlite_store.create_key("n")
+    writer = UsageWriter(sqlite_store, interval=3600)
+    for _ in range(5):
+        writer.record(issued.id, "GET", "/parent", 200, None)
+    pid = os.fork()
+    if pid == 0:  # the child: as a pre-forking server's worker starts
+        code = 1
+        try:
+            assert writer.pending == 0
+            writer.record(issued.id, "GET", "/child", 200, None)
+            writer.close()
+            code = 0 if writer.written == 1 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    writer.close()
+    by_path = {row.path: row.requests for row in sqlite_store.usage(issued.id)}
+    assert by_path == {"/parent": 5, "/child": 1}
