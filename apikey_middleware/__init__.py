@@ -1,6 +1,7 @@
 """API-key authentication for any WSGI application."""
 
 from .backend import KeyBackend as KeyBackend
+from .buckets import UsageBucket as UsageBucket
 from .counters import CounterStorage as CounterStorage
 from .errors import AlreadyRotatedError as AlreadyRotatedError
 from .errors import ApiKeyError as ApiKeyError
@@ -57,6 +58,7 @@ __all__ = [
     "StoreUnavailableError",
     "TooManyRequestsError",
     "UTCDateTime",
+    "UsageBucket",
     "UsageRecord",
     "UsageWriter",
     "metadata",

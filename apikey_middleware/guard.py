@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import typing as t
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 
 from ._checks import integer
 from .counters import DEFAULT_STORAGE, CounterStorage
@@ -86,6 +87,10 @@ class KeyGuard:
         interpreter exit).
     :param usage_writer: a :class:`~apikey_middleware.usage.UsageWriter`
         with other buffer settings.
+    :param usage_retention: how long usage is kept (a ``timedelta``): the
+        usage writer deletes older usage when it starts and at most once an
+        hour after (``None``: kept until ``apikey usage prune``). For a
+        writer of your own, give it its ``retention``.
     :param throttle: a :class:`~apikey_middleware.throttle.FailureThrottle`:
         a client address with too many invalid keys in its window gets 429
         with ``Retry-After`` for them, while its valid keys still pass. One
@@ -116,6 +121,7 @@ class KeyGuard:
         key_types: Iterable[str] = KEY_TYPES,
         log_usage: bool = True,
         usage_writer: UsageWriter | None = None,
+        usage_retention: timedelta | None = None,
         throttle: FailureThrottle | None = None,
         retry_after: int = 5,
         default_rate_limit: str | None = None,
@@ -131,7 +137,9 @@ class KeyGuard:
                 raise ValueError(
                     "this key store keeps no usage log: give log_usage=False or a usage_writer"
                 )
-            usage_writer = UsageWriter(t.cast(UsageSink, store))
+            usage_writer = UsageWriter(t.cast(UsageSink, store), retention=usage_retention)
+        elif usage_retention is not None:
+            raise ValueError("give usage_retention to the usage writer, or no writer of your own")
         #: Where requests with a known key id are logged (``None``: nowhere).
         self.usage = usage_writer if log_usage else None
         self._owns_storage = not isinstance(rate_limit_storage, CounterStorage)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing as t
 import urllib.parse
 from collections.abc import Iterable
+from datetime import timedelta
 
 from .counters import DEFAULT_STORAGE, CounterStorage
 from .errors import ApiKeyError, BadRequestError
@@ -112,6 +113,9 @@ class ApiKeyMiddleware(KeyGuard):
         at shutdown (it also runs at interpreter exit).
     :param usage_writer: a :class:`~apikey_middleware.usage.UsageWriter`
         with other buffer settings.
+    :param usage_retention: how long usage is kept (a ``timedelta``); the
+        usage writer deletes older usage at most once an hour (``None``:
+        kept until pruned).
     :param retry_after: the ``Retry-After`` seconds of the 503 answered
         while the store cannot answer.
     :param throttle: a :class:`~apikey_middleware.throttle.FailureThrottle`:
@@ -163,6 +167,7 @@ class ApiKeyMiddleware(KeyGuard):
         preflight: bool = False,
         log_usage: bool = True,
         usage_writer: UsageWriter | None = None,
+        usage_retention: timedelta | None = None,
         throttle: FailureThrottle | None = None,
         retry_after: int = 5,
         default_rate_limit: str | None = None,
@@ -186,6 +191,7 @@ class ApiKeyMiddleware(KeyGuard):
             key_types=key_types,
             log_usage=log_usage,
             usage_writer=usage_writer,
+            usage_retention=usage_retention,
             throttle=throttle,
             retry_after=retry_after,
             default_rate_limit=default_rate_limit,

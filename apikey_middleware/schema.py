@@ -17,6 +17,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .buckets import BUCKETS
 from .changes import install_notify_trigger
 from .keys import ID_LENGTH
 
@@ -29,6 +30,8 @@ MAX_URL_LENGTH = 2000
 MAX_SOURCE_LENGTH = 100
 #: The longest rate limit a key may have, in the ``limits`` notation.
 MAX_RATE_LIMIT_LENGTH = 200
+#: The length of a usage row's merge key (hex digits).
+MERGE_KEY_LENGTH = 32
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -105,10 +108,16 @@ class ApiKey(Base):
 
 
 class UsageRow(Base):
-    """One request that presented a known key id."""
+    """Requests that presented a known key id: one, or several identical ones
+    (same key, method, path, status and address) in the same minute."""
 
     __tablename__ = "apikey_usage"
-    __table_args__ = (sa.Index("ix_apikey_usage_key_id_occurred_at", "key_id", "occurred_at"),)
+    __table_args__ = (
+        sa.Index("ix_apikey_usage_key_id_occurred_at", "key_id", "occurred_at"),
+        # Retention deletes by time alone.
+        sa.Index("ix_apikey_usage_occurred_at", "occurred_at"),
+        sa.Index("uq_apikey_usage_merge_key", "merge_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(
         sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
@@ -119,6 +128,38 @@ class UsageRow(Base):
     path: Mapped[str] = mapped_column(sa.String(MAX_PATH_LENGTH))
     status: Mapped[int] = mapped_column(sa.SmallInteger())
     remote_addr: Mapped[str | None] = mapped_column(sa.String(64))
+    # How many requests the row stands for; rows made before it existed
+    # stand for one each.
+    requests: Mapped[int] = mapped_column(sa.Integer(), server_default=sa.text("1"))
+    # A digest of what makes requests identical and of their minute: later
+    # identical requests of that minute are added to this row. NULL in rows
+    # made before it existed, which nothing is added to.
+    merge_key: Mapped[str | None] = mapped_column(sa.String(MERGE_KEY_LENGTH))
+
+
+class UsageRollup(Base):
+    """Requests per key, status and minute, hour or day: what usage summaries
+    read, so that their cost follows the buckets asked for, not the requests."""
+
+    __tablename__ = "apikey_usage_rollups"
+    __table_args__ = (sa.Index("ix_apikey_usage_rollups_period_start", "period", "start"),)
+
+    period: Mapped[str] = mapped_column(sa.String(6), primary_key=True)
+    key_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True)
+    start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    status: Mapped[int] = mapped_column(sa.SmallInteger(), primary_key=True)
+    requests: Mapped[int] = mapped_column(sa.BigInteger())
+
+
+class UsageBatch(Base):
+    """A batch of usage the writer wrote, by its id: written in the same
+    transaction, so that a batch retried after its commit's answer was lost
+    is not counted twice."""
+
+    __tablename__ = "apikey_usage_batches"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    written_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
 class LeakRow(Base):
@@ -164,6 +205,8 @@ class MetaRow(Base):
 #: The tables as Core objects, for the queries built once.
 keys_table = t.cast(sa.Table, ApiKey.__table__)
 usage_table = t.cast(sa.Table, UsageRow.__table__)
+rollups_table = t.cast(sa.Table, UsageRollup.__table__)
+batches_table = t.cast(sa.Table, UsageBatch.__table__)
 leaks_table = t.cast(sa.Table, LeakRow.__table__)
 leak_reports_table = t.cast(sa.Table, LeakReport.__table__)
 meta_table = t.cast(sa.Table, MetaRow.__table__)
@@ -173,6 +216,8 @@ meta_table = t.cast(sa.Table, MetaRow.__table__)
 ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("apikey_keys", "key_check"),
     ("apikey_keys", "rate_limit"),
+    ("apikey_usage", "requests"),
+    ("apikey_usage", "merge_key"),
 )
 
 
@@ -185,6 +230,7 @@ def upgrade(connection: Connection) -> list[str]:
     :func:`~apikey_middleware.changes.install_notify_trigger`).
     """
     with _one_at_a_time(connection):
+        had_rollups = sa.inspect(connection).has_table(rollups_table.name)
         metadata.create_all(connection)
         inspector = sa.inspect(connection)
         added = []
@@ -199,6 +245,13 @@ def upgrade(connection: Connection) -> list[str]:
             name = connection.dialect.identifier_preparer.format_table(table)
             connection.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {column}")
             added.append(f"{table_name}.{column_name}")
+        for table in (usage_table,):
+            present = {str(index["name"]) for index in inspector.get_indexes(table.name)}
+            for index in sorted(table.indexes, key=lambda index: str(index.name)):
+                if index.name not in present:
+                    index.create(connection)
+        if not had_rollups:
+            fill_rollups(connection)
         install_notify_trigger(connection)
     return added
 
@@ -233,3 +286,36 @@ def _one_at_a_time(connection: Connection) -> Iterator[None]:
             connection.scalar(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
     else:
         yield
+
+
+def _truncated(period: str, dialect: str) -> sa.ColumnElement[t.Any]:
+    """SQL for ``occurred_at`` cut to the start of its ``period``, as stored."""
+    column = usage_table.c.occurred_at
+    if dialect == "postgresql":
+        return sa.func.date_trunc(sa.literal_column(f"'{period}'"), column)
+    formats = {"minute": "%Y-%m-%d %H:%M", "hour": "%Y-%m-%d %H:00", "day": "%Y-%m-%d 00:00"}
+    if dialect == "sqlite":  # times are text: SQLAlchemy's own format
+        return sa.func.strftime(sa.literal_column(f"'{formats[period]}:00.000000'"), column)
+    mysql_format = formats[period].replace("%M", "%i")
+    return sa.func.date_format(column, sa.literal_column(f"'{mysql_format}:00'"))
+
+
+def fill_rollups(connection: Connection) -> None:
+    """Roll up the usage rows already there (a database made before roll-ups
+    existed), in one ``INSERT ... SELECT`` per period."""
+    dialect = connection.dialect.name
+    columns = usage_table.c
+    for period in BUCKETS:
+        start = _truncated(period, dialect)
+        query = sa.select(
+            sa.literal_column(f"'{period}'"),
+            columns.key_id,
+            start,
+            columns.status,
+            sa.func.sum(columns.requests),
+        ).group_by(columns.key_id, start, columns.status)
+        connection.execute(
+            sa.insert(rollups_table).from_select(
+                ["period", "key_id", "start", "status", "requests"], query
+            )
+        )

@@ -7,6 +7,7 @@ import os
 import typing as t
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy import exc
@@ -33,6 +34,23 @@ def _flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, not {value!r}")
     return value
+
+
+def _retention(name: str, value: object) -> timedelta | None:
+    from .cli._common import parse_duration  # click, only when it is asked for
+
+    if value is None or isinstance(value, timedelta):
+        retention = value
+    elif isinstance(value, str):
+        try:
+            retention = parse_duration(value)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+    else:
+        raise ValueError(f"{name} must be a timedelta or a duration such as 90d")
+    if retention is not None and retention <= timedelta(0):
+        raise ValueError(f"{name} must be longer than none")
+    return retention
 
 
 def _database_url(name: str, value: object) -> str | None:
@@ -104,6 +122,7 @@ SETTINGS: dict[str, tuple[object, Callable[[str, t.Any], t.Any]]] = {
     "APIKEY_HIDE_CREDENTIALS": (False, _flag),
     "APIKEY_PREFLIGHT": (False, _flag),
     "APIKEY_LOG_USAGE": (True, _flag),
+    "APIKEY_USAGE_RETENTION": (None, _retention),
     "APIKEY_REVOCATION": (None, _revocation),
     "APIKEY_POLL_INTERVAL": (1.0, _number),
     "APIKEY_THROTTLE_LIMIT": (0, _integer(0)),
@@ -128,6 +147,7 @@ class Settings:
     hide_credentials: bool
     preflight: bool
     log_usage: bool
+    usage_retention: timedelta | None
     revocation: t.Literal["immediate", "channel"] | None
     poll_interval: float
     throttle_limit: int

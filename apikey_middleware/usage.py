@@ -2,10 +2,14 @@
 
 A request only appends a tuple to a bounded buffer. A background thread
 writes the buffer to the store every ``interval`` seconds, or sooner once
-``batch_size`` rows are waiting. What cannot be buffered (the database is
-away for long and the buffer is full) is dropped, counted and reported
-through :mod:`logging`; a failed write is retried on the next flush. Nothing
-here can fail a request.
+``batch_size`` rows are waiting. Identical requests of a batch (same key,
+method, path, status and address, in the same minute) become one record
+that says how many they were, so a client calling one endpoint many times a
+minute costs one row. What cannot be buffered (the database is away for
+long and the buffer is full) is dropped, counted and reported through
+:mod:`logging`; a failed write is retried on the next flush, as the same
+batch with the same id, so that a write that committed but whose answer
+was lost is not counted twice. Nothing here can fail a request.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import secrets
 import sys
 import threading
 import time
@@ -20,11 +25,12 @@ import typing as t
 import urllib.parse
 import weakref
 from collections import deque
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import exc
 
 from ._checks import integer, number
+from ._time import utcnow
 from .keys import redact_keys
 from .schema import MAX_PATH_LENGTH
 
@@ -35,7 +41,9 @@ logger = logging.getLogger("apikey_middleware")
 
 
 class UsageRecord(t.NamedTuple):
-    """One logged request of a key.
+    """Logged requests of a key: one, or ``requests`` identical ones (same
+    method, path, status and address) in the minute of ``occurred_at``,
+    the first of them.
 
     A named tuple in the column order of the usage table, so that a batch
     of them goes to the database as it is.
@@ -47,15 +55,32 @@ class UsageRecord(t.NamedTuple):
     path: str
     status: int
     remote_addr: str | None
+    requests: int = 1
 
 
 class UsageSink(t.Protocol):
     """Where a :class:`UsageWriter` writes: a key store, or anything with
-    the same ``record_usage``."""
+    the same ``record_usage``. ``batch_id`` names the batch: a batch given
+    again with an id already written must not be counted again."""
 
     def record_usage(
-        self, records: Sequence[UsageRecord], *, last_used: Mapping[str, datetime] | None = None
+        self,
+        records: Sequence[UsageRecord],
+        *,
+        last_used: Mapping[str, datetime] | None = None,
+        batch_id: str | None = None,
     ) -> None: ...
+
+
+class _Batch(t.NamedTuple):
+    """Requests taken from the buffer, made into records, ready to write
+    (and to write again, the same, after a failure)."""
+
+    id: str
+    records: list[UsageRecord]
+    last_used: dict[str, datetime]
+    requests: int  # buffered rows it stands for
+    size: int  # their bytes in the buffer's count
 
 
 # A logged request as the request thread leaves it: the time as a float, made
@@ -92,6 +117,20 @@ def _cause(error: Exception) -> str:
     return (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
 
 
+def _halves(batch: _Batch) -> tuple[_Batch, _Batch]:
+    """A batch cut in two, each with an id of its own."""
+    middle = len(batch.records) // 2
+    parts = batch.records[:middle], batch.records[middle:]
+    counts = [sum(record.requests for record in part) for part in parts]
+    first_size = batch.size * counts[0] // batch.requests
+    return (
+        _Batch(secrets.token_hex(16), parts[0], batch.last_used, counts[0], first_size),
+        _Batch(
+            secrets.token_hex(16), parts[1], batch.last_used, counts[1], batch.size - first_size
+        ),
+    )
+
+
 def _call_if_alive(reference: weakref.ref[UsageWriter], method: str) -> None:
     writer = reference()
     if writer is not None:
@@ -110,6 +149,9 @@ class UsageWriter:
     :param batch_size: rows that wake the writer before ``interval`` is up,
         and the most written in one transaction.
     :param interval: seconds between writes while rows are waiting.
+    :param retention: how long usage is kept: the writer deletes older
+        usage (the store's ``prune_usage``) when it starts and then at most
+        once an hour. ``None``: kept until pruned by hand.
     """
 
     def __init__(
@@ -120,11 +162,18 @@ class UsageWriter:
         max_pending_bytes: int = 32 * 1024 * 1024,
         batch_size: int = 1000,
         interval: float = 1.0,
+        retention: timedelta | None = None,
     ) -> None:
         integer("max_pending", max_pending)
         integer("max_pending_bytes", max_pending_bytes)
         integer("batch_size", batch_size)
         number("interval", interval)
+        if retention is not None:
+            if not isinstance(retention, timedelta) or retention <= timedelta(0):
+                raise ValueError("retention must be a positive timedelta")
+            if not callable(getattr(store, "prune_usage", None)):
+                raise ValueError("this usage store cannot prune: give retention=None")
+        self.retention = retention
         self.store = store
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
@@ -132,11 +181,13 @@ class UsageWriter:
         self.interval = float(interval)
         #: Rows dropped because the buffer was full, since the start.
         self.dropped = 0
-        #: Rows written, since the start.
+        #: Rows written (requests logged), since the start.
         self.written = 0
         self._pending: deque[_Pending] = deque()
-        self._pending_bytes = 0
+        self._pending_bytes = 0  # of the buffer and of the batch in flight
         self._in_flight = 0  # rows taken from the buffer for a write not yet done
+        self._retry: list[_Batch] = []  # batches whose write failed, in order
+        self._next_prune = 0.0  # time.monotonic() of the next pruning
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -194,7 +245,7 @@ class UsageWriter:
         with self._state_lock:
             if (
                 self._closed
-                or len(self._pending) >= self.max_pending
+                or len(self._pending) + self._in_flight >= self.max_pending
                 or self._pending_bytes + size > self.max_pending_bytes
             ):
                 self.dropped += 1
@@ -212,10 +263,6 @@ class UsageWriter:
         size = _ROW_OVERHEAD + sys.getsizeof(method) + sys.getsizeof(path)
         return size if remote_addr is None else size + sys.getsizeof(remote_addr)
 
-    @classmethod
-    def _size(cls, row: _Pending) -> int:
-        return cls._size_of(row[2], row[3], row[5])
-
     def _start(self) -> None:
         with self._state_lock:
             if self._thread is None and not self._closed:
@@ -225,13 +272,22 @@ class UsageWriter:
                 self._thread.start()
 
     def _after_fork(self) -> None:
+        # The parent's rows are the parent's to write.
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._wake = threading.Event()
         self._thread = None
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._in_flight = 0
+        self._retry = []
 
     def _run(self) -> None:
         while not self._closed:
+            try:
+                self._prune_if_due()
+            except Exception:  # pragma: no cover - the writer must outlive any surprise
+                logger.exception("usage retention failed; the writer keeps running")
             self._wake.wait(self.interval)
             self._wake.clear()
             try:
@@ -239,22 +295,35 @@ class UsageWriter:
             except Exception:  # the writer must outlive any surprise
                 logger.exception("usage log writer failed; it keeps running")
 
+    def _prune_if_due(self) -> None:
+        """Delete usage older than :attr:`retention`, at most once an hour."""
+        if self.retention is None or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + 3600
+        try:
+            deleted = self.store.prune_usage(utcnow() - self.retention)  # type: ignore[attr-defined]
+        except Exception as error:
+            logger.error(
+                "could not delete old usage, will try in an hour: %s: %s",
+                type(error).__name__,
+                _cause(error),
+            )
+            return
+        if deleted:
+            logger.info("deleted %d usage rows older than the retention", deleted)
+
     def flush(self) -> None:
         """Write every buffered row now. Never raises."""
         with self._write_lock:
-            while self._pending:
-                batch: list[_Pending] = []
-                with self._state_lock:
-                    while self._pending and len(batch) < self.batch_size:
-                        row = self._pending.popleft()
-                        self._pending_bytes -= self._size(row)
-                        batch.append(row)
-                self._in_flight = len(batch)
-                try:
-                    if not self._write(batch):
-                        break
-                finally:
-                    self._in_flight = 0
+            while True:
+                batch = self._retry.pop(0) if self._retry else self._take()
+                if batch is None:
+                    break
+                unwritten = self._write(batch)
+                if unwritten:
+                    # The same rows with the same ids, first, next time.
+                    self._retry[:0] = unwritten
+                    break
             if self.dropped != self._reported_drops:
                 logger.warning(
                     "usage log buffer full: %d rows dropped so far",
@@ -262,45 +331,80 @@ class UsageWriter:
                 )
                 self._reported_drops = self.dropped
 
-    def _write(self, batch: list[_Pending]) -> bool:
-        records = []
-        last_used: dict[str, datetime] = {}
-        for key_id, at, method, path, status, addr, accepted in batch:
-            when = datetime.fromtimestamp(at, UTC)
-            records.append(UsageRecord(key_id, when, method, stored_path(path), status, addr))
-            if accepted and (key_id not in last_used or last_used[key_id] < when):
-                last_used[key_id] = when
+    def _take(self) -> _Batch | None:
+        """Up to ``batch_size`` rows from the buffer, as a batch of records.
+
+        Their rows and bytes stay counted against the bounds until written.
+        """
+        rows: list[_Pending] = []
+        with self._state_lock:
+            while self._pending and len(rows) < self.batch_size:
+                rows.append(self._pending.popleft())
+            self._in_flight += len(rows)
+        if not rows:
+            return None
+        groups: dict[tuple[str, int, str, str, int, str | None], list[float]] = {}
+        latest: dict[str, float] = {}
+        size = 0
+        for key_id, at, method, path, status, addr, accepted in rows:
+            size += self._size_of(method, path, addr)
+            group = groups.get((key_id, int(at // 60), method, path, status, addr))
+            if group is None:
+                groups[key_id, int(at // 60), method, path, status, addr] = [at, 1]
+            else:
+                group[0] = min(group[0], at)
+                group[1] += 1
+            if accepted and latest.get(key_id, 0.0) < at:
+                latest[key_id] = at
+        records = [
+            UsageRecord(
+                key_id,
+                datetime.fromtimestamp(first, UTC),
+                method,
+                stored_path(path),
+                status,
+                addr,
+                int(count),
+            )
+            for (key_id, _, method, path, status, addr), (first, count) in groups.items()
+        ]
+        last_used = {key: datetime.fromtimestamp(at, UTC) for key, at in latest.items()}
+        return _Batch(secrets.token_hex(16), records, last_used, len(rows), size)
+
+    def _done(self, batch: _Batch, *, dropped: int = 0) -> None:
+        with self._state_lock:
+            self._in_flight -= batch.requests
+            self._pending_bytes -= batch.size
+            self.written += batch.requests - dropped
+            self.dropped += dropped
+
+    def _write(self, batch: _Batch) -> list[_Batch]:
+        """Write ``batch``; what is left to write after a failure."""
         try:
-            self.store.record_usage(records, last_used=last_used)
+            self.store.record_usage(batch.records, last_used=batch.last_used, batch_id=batch.id)
         except (exc.DataError, exc.IntegrityError) as error:
-            # The database refuses a row itself, not the connection: write
-            # the others, and drop (and count) only the rows it refuses, or
-            # one such row would stop the log for good.
-            if len(batch) == 1:
-                with self._state_lock:
-                    self.dropped += 1
+            # The database refuses a row itself, not the connection (and
+            # the transaction is undone): write the others, and drop (and
+            # count) only the rows it refuses, or one such row would stop
+            # the log for good.
+            if len(batch.records) == 1:
+                self._done(batch, dropped=batch.requests)
                 logger.error("dropped a usage row the database refused: %s", _cause(error))
-                return True
-            half = len(batch) // 2
-            return self._write(batch[:half]) and self._write(batch[half:])
+                return []
+            unwritten: list[_Batch] = []
+            for half in _halves(batch):
+                unwritten.extend([half] if unwritten else self._write(half))
+            return unwritten
         except Exception as error:
-            # Back to the front of the line, as far as room allows; the
-            # rest is dropped and counted.
-            with self._state_lock:
-                room = max(0, self.max_pending - len(self._pending))
-                kept = batch[:room]
-                self._pending.extendleft(reversed(kept))
-                self._pending_bytes += sum(self._size(row) for row in kept)
-                self.dropped += len(batch) - len(kept)
             logger.error(
                 "could not write %d usage rows, will retry: %s: %s",
-                len(batch),
+                batch.requests,
                 type(error).__name__,
                 _cause(error),
             )
-            return False
-        self.written += len(batch)
-        return True
+            return [batch]
+        self._done(batch)
+        return []
 
     def close(self) -> None:
         """Flush and stop the writer thread; safe to call twice."""

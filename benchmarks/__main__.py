@@ -27,6 +27,7 @@ from . import (
     bench_revocation,
     bench_scan,
     bench_server,
+    bench_usage,
 )
 from ._table import Table
 
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scan-rounds", type=int, default=3)
     parser.add_argument("--dashboard-keys", type=int, default=1000, help="keys of one account")
     parser.add_argument("--dashboard-rounds", type=int, default=5)
+    parser.add_argument(
+        "--summary-requests", type=int, default=1_000_000, help="the larger usage summary"
+    )
+    parser.add_argument("--summary-small", type=int, default=10_000)
     parts = [
         "in-process",
         "server",
@@ -55,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         "scan",
         "dashboard",
         "rate-limits",
+        "usage",
     ]
     parser.add_argument("--only", nargs="*", choices=parts)
     args = parser.parse_args(argv)
@@ -123,6 +129,35 @@ def main(argv: list[str] | None = None) -> None:
                 keys=args.dashboard_keys,
                 rounds=args.dashboard_rounds,
             )
+        if "usage" in wanted:
+            bench_usage.in_process(
+                table,
+                {label: url.replace("bench.db", "usage.db") for label, url in servers.items()},
+                rounds=args.rounds,
+                requests=args.requests,
+            )
+            keys = {}
+            for label, url in servers.items():
+                url = url.replace("bench.db", "usage-server.db")
+                store = SQLAlchemyKeyStore(url)
+                store.metadata.drop_all(store.engine)
+                store.create_schema()
+                issued = store.create_key(f"usage server bench {label}")
+                keys[label] = (url, issued.key, issued.id)
+                store.close()
+            bench_usage.under_gunicorn(
+                table, keys, rounds=args.server_rounds, requests=args.server_requests
+            )
+            for label, url in servers.items():
+                url = url.replace("bench.db", "usage-writer.db")
+                bench_usage.writer_throughput(table, label, url)
+                bench_usage.summary_cost(
+                    table,
+                    label,
+                    url.replace("usage-writer.db", "summary.db"),
+                    small=args.summary_small,
+                    large=args.summary_requests,
+                )
         if "in-process" in wanted:
             for label, url in servers.items():
                 bench_middleware.writer_throughput(table, label, url.replace("bench.db", "w.db"))

@@ -22,7 +22,16 @@ from apikey_middleware.schema import ApiKey
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-KINDS = ("bare", "floor", "wrapped", "channel", "channel+log", "wrapped+limit", "channel+limit")
+KINDS = (
+    "bare",
+    "floor",
+    "wrapped",
+    "wrapped+log",
+    "channel",
+    "channel+log",
+    "wrapped+limit",
+    "channel+limit",
+)
 
 
 def hello_app() -> Flask:
@@ -93,7 +102,7 @@ def create_app(kind: str) -> WSGIApplication:
         store,
         rules=[("GET", "/admin", "admin")],
         public=["/health"],
-        log_usage=kind == "channel+log",
+        log_usage=kind.endswith("+log"),
         default_rate_limit=os.environ["BENCH_RATE_LIMIT"] if limited else None,
         rate_limit_storage=(
             CounterStorage(

@@ -96,7 +96,7 @@ nitpick_ignore_regex = [
     # run time) and the fields of NamedTuples.
     (
         "py:class",
-        r"WSGIApplication|WSGIEnvironment|StartResponse|Engine|Connection|Response|datetime"
+        r"WSGIApplication|WSGIEnvironment|StartResponse|Engine|Connection|Response|datetime|timedelta"
         r"|Blueprint|RateLimitItem|Revocation|ErrorHandler",
     ),
     # Type variables and private base classes (shown in "Bases:") have no page.

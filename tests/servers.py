@@ -152,6 +152,9 @@ class TcpProxy:
     - :meth:`drop`: every open connection is cut, as by a restart;
     - :meth:`freeze`: open connections stay open but nothing more passes,
       and new ones hang, as with a frozen peer;
+    - :meth:`cut_after_commit`: the next ``COMMIT`` a client sends reaches
+      the server, which answers it; the answer is thrown away and the
+      connection cut, as when a network fails at the worst moment;
     - :meth:`forward`: back to normal.
     """
 
@@ -159,6 +162,8 @@ class TcpProxy:
         self.target_port = target_port
         self.port = free_port()
         self.mode = "forward"
+        #: How many commits :meth:`cut_after_commit` has cut off.
+        self.commits_cut = 0
         self._listener: socket.socket | None = None
         self._pairs: list[tuple[socket.socket, socket.socket | None]] = []
         self._lock = threading.Lock()
@@ -209,6 +214,14 @@ class TcpProxy:
                     data = source.recv(65536)
                     if not data:
                         return
+                    if source is client and self.mode == "cut-after-commit" and b"COMMIT" in data:
+                        self.mode = "forward"
+                        upstream.sendall(data)
+                        # The server has done it once it answers.
+                        if select.select([upstream], [], [], 10)[0]:
+                            upstream.recv(65536)
+                        self.commits_cut += 1
+                        return
                     (upstream if source is client else client).sendall(data)
         except (OSError, ValueError):
             return
@@ -236,6 +249,9 @@ class TcpProxy:
     def hang(self) -> None:
         self.drop()
         self.mode = "hang"
+
+    def cut_after_commit(self) -> None:
+        self.mode = "cut-after-commit"
 
     def freeze(self) -> None:
         self.mode = "freeze"

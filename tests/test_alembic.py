@@ -105,6 +105,8 @@ def test_alembic_autogenerate_builds_the_same_schema_as_create_schema(
     assert set(describe(created)) == {
         "apikey_keys",
         "apikey_usage",
+        "apikey_usage_rollups",
+        "apikey_usage_batches",
         "apikey_leaks",
         "apikey_leak_reports",
         "apikey_meta",

@@ -39,6 +39,8 @@ def test_the_benchmark_suite_runs_and_prints_one_table() -> None:
             "--scan-rounds=1",
             "--dashboard-keys=30",
             "--dashboard-rounds=1",
+            "--summary-requests=2000",
+            "--summary-small=200",
         ],
         cwd=ROOT,
         env=env,
@@ -64,6 +66,11 @@ def test_the_benchmark_suite_runs_and_prints_one_table() -> None:
         "this repository: files/s",
         "generated 20 MB tree: MB/s",
         "30 keys, 30 shown: HTML+CSS+JS bytes",
+        "defaults, writer included / floor (SQLite)",
+        "usage log on / off, writer included, in-process (SQLite)",
+        "usage log on / off, req/s (SQLite, channel)",
+        "writer: requests logged per second, 1,000 paths (SQLite)",
+        "summary time, 2,000 / 200 requests (SQLite)",
     ):
         assert line in out, line
     if env["APIKEY_BENCH_POSTGRES_URL"]:

@@ -305,7 +305,8 @@ def _log(store: SQLAlchemyKeyStore, key_id: str) -> None:
         UsageRecord(key_id, now - timedelta(days=3), "GET", "/v1/clients", 200, "10.0.0.1"),
         UsageRecord(key_id, now - timedelta(days=3), "POST", "/v1/clients", 403, "10.0.0.1"),
         UsageRecord(key_id, now, "GET", "/v1/clients/1", 200, "10.0.0.2"),
-        UsageRecord(key_id, now, "DELETE", "/v1/clients/1", 401, None),
+        # A second later: rows of one instant have no order of their own.
+        UsageRecord(key_id, now + timedelta(seconds=1), "DELETE", "/v1/clients/1", 401, None),
     ]
     store.record_usage(rows)
 
@@ -324,7 +325,10 @@ def test_usage_shows_a_chart_per_day_then_the_latest(url: str, store: SQLAlchemy
     assert "4xx 1" in day_lines[0]
     assert "█" in day_lines[0]
     assert "▒" in day_lines[0]
-    assert "Latest 5 of 5 requests" in out
+    # The two identical GETs of one minute share a row.
+    assert "Latest 4 rows" in out
+    assert "(2 requests)" in out
+    assert "5 requests in all" in out
     assert "DELETE  /v1/clients/1" in out
 
 
@@ -334,7 +338,15 @@ def test_usage_since_and_json(url: str, store: SQLAlchemyKeyStore) -> None:
     rows = json.loads(run(url, "usage", issued.id, "--since", "1d", "--json").stdout)
     assert [row["method"] for row in rows] == ["DELETE", "GET"]
     assert rows[0]["status"] == 401
-    assert set(rows[0]) == {"key_id", "occurred_at", "method", "path", "status", "remote_addr"}
+    assert set(rows[0]) == {
+        "key_id",
+        "occurred_at",
+        "method",
+        "path",
+        "status",
+        "remote_addr",
+        "requests",
+    }
     assert "No requests logged" in run(url, "usage", store.create_key("quiet").id).stdout
 
 

@@ -18,9 +18,9 @@ from flask import Flask, session
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from apikey_middleware import SQLAlchemyKeyStore
+from apikey_middleware import SQLAlchemyKeyStore, UsageBucket
 from apikey_middleware.dashboard import create_dashboard
-from apikey_middleware.dashboard._charts import UsageBucket, draw, usage_summary
+from apikey_middleware.dashboard._charts import draw, usage_summary
 from apikey_middleware.dashboard._forms import check_rate_limit
 from apikey_middleware.dashboard.security import CONTENT_SECURITY_POLICY
 from apikey_middleware.usage import UsageRecord
@@ -597,13 +597,13 @@ def test_the_list_reads_usage_only_for_keys_used_in_its_window(
     sqlite_store.create_key("idle", owner="alice")
     sqlite_store.record_usage([record(used.id, datetime.now(UTC), 200)])
     asked: list[str] = []
-    original = SQLAlchemyKeyStore.usage
+    original = SQLAlchemyKeyStore.usage_summary
 
-    def usage(self: SQLAlchemyKeyStore, key_id: str, **kwargs: t.Any) -> list[UsageRecord]:
-        asked.append(key_id)
-        return original(self, key_id, **kwargs)
+    def usage_summary(self: SQLAlchemyKeyStore, **kwargs: t.Any) -> list[UsageBucket]:
+        asked.append(kwargs["key_id"])
+        return original(self, **kwargs)
 
-    monkeypatch.setattr(SQLAlchemyKeyStore, "usage", usage)
+    monkeypatch.setattr(SQLAlchemyKeyStore, "usage_summary", usage_summary)
     assert alice.get("/").status_code == 200
     assert asked == [used.id]
 

@@ -66,7 +66,10 @@ def reader(sqlite_store: SQLAlchemyKeyStore) -> IssuedKey:
 
 
 def logged(store: SQLAlchemyKeyStore, key_id: str) -> list[tuple[str, int]]:
-    return [(row.path, row.status) for row in reversed(store.usage(key_id))]
+    """Each logged request, oldest first (identical ones of a minute share a row)."""
+    return [
+        (row.path, row.status) for row in reversed(store.usage(key_id)) for _ in range(row.requests)
+    ]
 
 
 # -- undecorated views are not touched --------------------------------------

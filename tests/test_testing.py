@@ -30,7 +30,7 @@ def test_an_in_memory_store_logs_usage_from_the_writer_thread(
     # Written by the writer's own thread, within its interval (flush() would
     # write from this one).
     wait_until(lambda: writer.written == 3)
-    assert len(store.usage(issued.id)) == 3
+    assert sum(row.requests for row in store.usage(issued.id)) == 3
     assert store.get_key(issued.id).last_used_at is not None  # type: ignore[union-attr]
     guarded.close()
     store.close()

@@ -57,9 +57,32 @@ def test_old_keys_and_usage_survive_the_upgrade(
     )
     assert record.rate_limit is None  # added by the upgrade: the default applies
     assert store.authenticate(key).key_id == key_id
-    assert sorted(row.status for row in store.usage(key_id)) == [200, 403]
+    old_rows = store.usage(key_id)
+    assert sorted(row.status for row in old_rows) == [200, 403]
+    assert [row.requests for row in old_rows] == [1, 1]  # one request each
+    # The roll-ups added by the upgrade count the old rows too.
+    (day,) = store.usage_summary(key_id=key_id, bucket="day")
+    assert (day.requests, day.by_status) == (2, {200: 1, 403: 1})
+    minutes = store.usage_summary(key_id=key_id, bucket="minute")
+    assert [item.start for item in minutes] == [
+        old_rows[0].occurred_at.replace(second=0, microsecond=0)
+    ]
     assert leaks_of(store, key_id) == []  # the tables 0.1.0 did not have
     assert store.create_key("new").record.id != key_id
+
+
+def test_old_usage_rows_take_new_requests_beside_them(
+    old_database: tuple[str, str, str], store_factory: StoreFactory
+) -> None:
+    url, _, key_id = old_database
+    store = store_factory(url, pepper=PEPPER)
+    (old, _) = sorted(store.usage(key_id), key=lambda row: row.status)
+    again = old._replace(requests=3)
+    store.record_usage([again], batch_id="upgrade-test")
+    store.record_usage([again], batch_id="upgrade-test")  # the same batch: nothing more
+    rows = store.usage(key_id)
+    assert sorted((row.status, row.requests) for row in rows) == [(200, 1), (200, 3), (403, 1)]
+    assert sum(item.requests for item in store.usage_summary(key_id=key_id)) == 5
 
 
 def test_an_old_key_gets_its_check_value_on_first_use(

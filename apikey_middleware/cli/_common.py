@@ -204,6 +204,7 @@ def usage_json(record: UsageRecord) -> dict[str, t.Any]:
         "path": record.path,
         "status": record.status,
         "remote_addr": record.remote_addr,
+        "requests": record.requests,
     }
 
 

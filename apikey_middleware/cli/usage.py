@@ -1,67 +1,250 @@
-"""The usage command: a key's requests as a chart, then the latest."""
+"""The usage command: a key's requests as a chart by status class, its top
+paths and latest requests; an owner's keys together; old usage deleted."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import date, timedelta
+from datetime import datetime, timedelta
 
 import click
 
 from .._time import utcnow
-from ._common import duration_option, get_record, shown, store, store_command, usage_json, when
+from ..buckets import STEPS, Bucket, UsageBucket, bucket_start
+from ._common import (
+    duration_option,
+    get_record,
+    group_path,
+    shown,
+    store,
+    store_command,
+    usage_json,
+    when,
+)
 
-_BAR_WIDTH = 40
+_WIDTH = 80
 _LATEST = 20
-
-
-def _bar(counts: Counter[str], scale: float) -> str:
-    marks = {"2xx": "█", "3xx": "▓", "4xx": "▒", "5xx": "░"}
-    colors = {"2xx": "green", "3xx": "cyan", "4xx": "yellow", "5xx": "red"}
-    bar = ""
-    for status_class, mark in marks.items():
-        if counts[status_class]:
-            width = max(1, round(counts[status_class] * scale))
-            bar += click.style(mark * width, fg=colors[status_class])
-    return bar
+_TOP_PATHS = 5
+#: The range a chart covers when --since is not given (None: all of it).
+_DEFAULT_SPAN: dict[str, timedelta | None] = {
+    "minute": timedelta(hours=1),
+    "hour": timedelta(hours=24),
+    "day": None,
+}
+#: Beyond this many buckets, empty ones are left out of the chart.
+_MAX_LINES = 100
+_MARKS = {"2xx": "█", "3xx": "▓", "4xx": "▒", "5xx": "░"}
+_COLORS = {"2xx": "green", "3xx": "cyan", "4xx": "yellow", "5xx": "red"}
+#: The word that makes ``usage`` delete instead of show.
+PRUNE = "prune"
 
 
 def _status_class(status: int) -> str:
     return f"{status // 100}xx" if 200 <= status < 600 else "5xx"
 
 
+def _classes(item: UsageBucket | None) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    if item is not None:
+        for status, requests in item.by_status.items():
+            counts[_status_class(status)] += requests
+    return counts
+
+
+def _bar(counts: Counter[str], scale: float) -> tuple[str, int]:
+    """The bar, styled, and how many columns it takes."""
+    bar, width = "", 0
+    for status_class, mark in _MARKS.items():
+        if counts[status_class]:
+            size = max(1, round(counts[status_class] * scale))
+            bar += click.style(mark * size, fg=_COLORS[status_class])
+            width += size
+    return bar, width
+
+
+def _label(moment: datetime, by: Bucket) -> str:
+    return moment.strftime("%Y-%m-%d" if by == "day" else "%Y-%m-%d %H:%M")
+
+
+def _starts(buckets: list[UsageBucket], by: Bucket, since: datetime | None) -> list[datetime]:
+    """Every bucket from the first asked for (or with requests) to now,
+    unless that is too many lines: then those with requests."""
+    step = STEPS[by]
+    first = bucket_start(since, by) if since is not None else buckets[0].start
+    last = bucket_start(utcnow(), by)
+    if (last - first) / step >= _MAX_LINES:
+        return [item.start for item in buckets]
+    return [first + step * n for n in range(int((last - first) / step) + 1)]
+
+
+def draw_chart(buckets: list[UsageBucket], by: Bucket, since: datetime | None) -> list[str]:
+    """Lines of a chart of requests per bucket by status class, at most
+    80 columns wide (counts of many digits aside)."""
+    found = {item.start: item for item in buckets}
+    starts = _starts(buckets, by, since)
+    rows = []
+    for start in starts:
+        counts = _classes(found.get(start))
+        detail = "  ".join(f"{name} {counts[name]}" for name in _MARKS if counts[name])
+        rows.append((_label(start, by), sum(counts.values()), counts, detail))
+    label_width = len(rows[0][0]) if rows else 10
+    total_width = max(len(str(row[1])) for row in rows) if rows else 1
+    detail_width = max(len(row[3]) for row in rows) if rows else 0
+    bar_width = max(10, min(40, _WIDTH - 1 - label_width - total_width - detail_width - 6))
+    busiest = max((row[1] for row in rows), default=0) or 1
+    legend = "  ".join(f"{mark} {name}" for name, mark in _MARKS.items())
+    lines = [f"Requests per {by} (UTC)   {legend}"]
+    for label, total, counts, detail in rows:
+        # Each class is rounded and shown by one mark at least: up to 4 more.
+        bar, width = _bar(counts, (bar_width - len(_MARKS)) / busiest)
+        line = f"{label}  {total:>{total_width}}  {bar}{' ' * (bar_width - width)}  {detail}"
+        lines.append(line.rstrip())
+    return lines
+
+
+def _fit(text: str, room: int) -> str:
+    """``text`` cut to ``room`` columns, the cut shown."""
+    return text if len(text) <= room else text[: max(0, room - 1)] + "…"
+
+
+def _latest_line(row: tuple[datetime, int, str, str, str | None, int]) -> str:
+    """One row of the latest: the path cut so that the line fits 80 columns."""
+    at, status, method, path, address, requests = row
+    many = f"  ({requests} requests)" if requests > 1 else ""
+    head = f"{when(at)}  {status}  {shown(method):7} "
+    tail = f"  {shown(address)}{many}"
+    return head + _fit(shown(path), _WIDTH - len(head) - len(tail)) + tail
+
+
 @click.command()
-@click.argument("key_id", metavar="ID")
+@click.argument("key_id", metavar="ID|prune", required=False)
+@click.option("--owner", help="Every key of this owner together, instead of one key.")
 @click.option(
-    "--since", callback=duration_option, help="Only the last 7d, 24h, ... (default: all)."
+    "--since",
+    callback=duration_option,
+    help="Only the last 7d, 24h, ... (default: 1h by minute, 24h by hour, all by day).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the raw rows as a JSON array.")
+@click.option(
+    "--by",
+    type=click.Choice(["minute", "hour", "day"]),
+    help="Chart requests per minute, hour or day (UTC; default: day).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON: the key's latest rows, or with --by or --owner the buckets.",
+)
+@click.option(
+    "--older-than",
+    callback=duration_option,
+    help="With 'prune': delete usage older than this (90d, ...), from the start of its day.",
+)
 @store_command
-def usage(key_id: str, since: timedelta | None, as_json: bool) -> None:
-    """Requests made with a key: per day by status class, then the latest."""
-    record = get_record(key_id)
+def usage(
+    key_id: str | None,
+    owner: str | None,
+    since: timedelta | None,
+    by: Bucket | None,
+    as_json: bool,
+    older_than: timedelta | None,
+) -> None:
+    """Requests made with a key: a chart by status class, its top paths and
+    its latest requests. 'usage prune --older-than 90d' deletes old usage."""
+    if key_id == PRUNE:
+        if owner is not None or since is not None or by is not None or as_json:
+            raise click.UsageError("usage prune takes --older-than only")
+        _prune(older_than)
+        return
+    if older_than is not None:
+        raise click.UsageError(f"--older-than goes with '{group_path()} usage prune'")
+    if key_id is not None and owner is not None:
+        raise click.UsageError("give a key's ID or --owner, not both")
     start = None if since is None else utcnow() - since
-    rows = store().usage(record.id, since=start)
-    if as_json:
+    if owner is not None:
+        _owner_usage(owner, start, by or "day", as_json)
+        return
+    if key_id is None:
+        raise click.UsageError("give a key's ID, or --owner")
+    record = get_record(key_id)
+    if as_json and by is None:
+        rows = store().usage(record.id, since=start)
         click.echo(json.dumps([usage_json(row) for row in rows], indent=2))
         return
-    click.echo(f"Usage of {record.key_type} key {record.id} ({shown(record.name)})")
-    if not rows:
-        click.echo("No requests logged" + ("" if since is None else " in that period") + ".")
+    by = by or "day"
+    start = start if since is not None else _since_default(by)
+    buckets = store().usage_summary(key_id=record.id, since=start, bucket=by)
+    if as_json:
+        click.echo(json.dumps([_bucket_json(item) for item in buckets], indent=2))
         return
-    days: dict[date, Counter[str]] = {}
+    click.echo(f"Usage of {record.key_type} key {record.id} ({shown(record.name)})")
+    if not buckets:
+        click.echo("No requests logged" + ("" if start is None else " in that period") + ".")
+        return
+    click.echo("")
+    for line in draw_chart(buckets, by, start):
+        click.echo(line)
+    top = store().top_paths(record.id, since=start, limit=_TOP_PATHS)
+    click.echo(f"\nTop {len(top)} paths")
+    width = max(len(str(count)) for _, count in top)
+    for path, count in top:
+        click.echo(f"{count:>{width}}  {_fit(shown(path), _WIDTH - width - 2)}")
+    rows = store().usage(record.id, since=start, limit=_LATEST)
+    requests = sum(item.requests for item in buckets)
+    click.echo(f"\nLatest {len(rows)} rows (identical requests of a minute share one)")
     for row in rows:
-        days.setdefault(row.occurred_at.date(), Counter())[_status_class(row.status)] += 1
-    busiest = max(sum(counts.values()) for counts in days.values())
-    scale = _BAR_WIDTH / busiest
-    click.echo("\nRequests per day (UTC)   █ 2xx  ▓ 3xx  ▒ 4xx  ░ 5xx")
-    for day in sorted(days):
-        counts = days[day]
-        detail = "  ".join(f"{name} {counts[name]}" for name in sorted(counts))
-        click.echo(f"{day}  {sum(counts.values()):6}  {_bar(counts, scale)}  {detail}")
-    click.echo(f"\nLatest {min(len(rows), _LATEST)} of {len(rows)} requests")
-    for row in rows[:_LATEST]:
         click.echo(
-            f"{when(row.occurred_at)}  {row.status}  {shown(row.method):7} {shown(row.path)}"
-            f"  {shown(row.remote_addr)}"
+            _latest_line(
+                (row.occurred_at, row.status, row.method, row.path, row.remote_addr, row.requests)
+            )
         )
+    click.echo(f"\n{requests} request{'s' * (requests != 1)} in all")
+
+
+def _since_default(by: Bucket) -> datetime | None:
+    span = _DEFAULT_SPAN[by]
+    return None if span is None else utcnow() - span
+
+
+def _bucket_json(item: UsageBucket) -> dict[str, object]:
+    return {
+        "start": item.start.isoformat(),
+        "requests": item.requests,
+        "by_status": {str(status): count for status, count in sorted(item.by_status.items())},
+    }
+
+
+def _owner_usage(owner: str, start: datetime | None, by: Bucket, as_json: bool) -> None:
+    keys = store().list_keys(include_revoked=True, owner=owner)
+    if not keys:
+        raise click.ClickException(f"no API key has the owner {shown(owner)}")
+    start = start if start is not None else _since_default(by)
+    buckets = store().usage_summary(owner=owner, since=start, bucket=by)
+    if as_json:
+        click.echo(json.dumps([_bucket_json(item) for item in buckets], indent=2))
+        return
+    click.echo(f"Usage of the {len(keys)} key{'s' * (len(keys) != 1)} of {shown(owner)}")
+    if not buckets:
+        click.echo("No requests logged" + ("" if start is None else " in that period") + ".")
+        return
+    click.echo("")
+    for line in draw_chart(buckets, by, start):
+        click.echo(line)
+    click.echo("\nRequests per key")
+    for record in keys:
+        per_key = store().usage_summary(key_id=record.id, since=start, bucket=by)
+        requests = sum(item.requests for item in per_key)
+        click.echo(f"{record.id}  {requests:>9}  {record.state():8} {shown(record.name)}")
+
+
+def _prune(older_than: timedelta | None) -> None:
+    if older_than is None:
+        raise click.UsageError("usage prune needs --older-than, such as 90d")
+    if not older_than:
+        raise click.UsageError("--older-than must be longer than 0, such as 90d")
+    before = utcnow() - older_than
+    deleted = store().prune_usage(before)
+    cut = bucket_start(before, "day")
+    click.echo(
+        f"Deleted {deleted} usage row{'s' * (deleted != 1)} from before {_label(cut, 'day')}."
+    )

@@ -9,61 +9,25 @@ from __future__ import annotations
 
 import typing as t
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from .._time import utcnow
+from ..buckets import STEPS, Bucket, UsageBucket, bucket_start
 
 if t.TYPE_CHECKING:
     from ..store import SQLAlchemyKeyStore
 
 
-Bucket = t.Literal["minute", "hour", "day"]
-
 #: How a bar is split, bottom up: responses by the first digit of their status.
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
-
-_STEPS: dict[str, timedelta] = {
-    "minute": timedelta(minutes=1),
-    "hour": timedelta(hours=1),
-    "day": timedelta(days=1),
-}
-
-
-class UsageBucket(t.NamedTuple):
-    """The requests of one bucket: its first instant (aware UTC), how many,
-    and how many per status code."""
-
-    start: datetime
-    requests: int
-    by_status: dict[int, int]
-
-
-def bucket_start(moment: datetime, bucket: Bucket) -> datetime:
-    """The first instant of the bucket ``moment`` falls in."""
-    moment = moment.replace(second=0, microsecond=0)
-    if bucket in ("hour", "day"):
-        moment = moment.replace(minute=0)
-    if bucket == "day":
-        moment = moment.replace(hour=0)
-    return moment
 
 
 def usage_summary(
     store: SQLAlchemyKeyStore, *, key_id: str, since: datetime, bucket: Bucket
 ) -> list[UsageBucket]:
-    """The requests of ``key_id`` since ``since``, per ``bucket``, oldest first.
-
-    The one place the dashboard reads counts: it groups the key's usage rows
-    here, in the shape of the store's usage summaries (SPEC, section 6), so
-    that it can become a call to them without changing a page.
-    """
-    groups: dict[datetime, dict[int, int]] = {}
-    for record in store.usage(key_id, since=since):
-        counts = groups.setdefault(bucket_start(record.occurred_at, bucket), {})
-        counts[record.status] = counts.get(record.status, 0) + getattr(record, "requests", 1)
-    return [
-        UsageBucket(start, sum(counts.values()), counts) for start, counts in sorted(groups.items())
-    ]
+    """The requests of ``key_id`` since ``since``, per ``bucket``, oldest
+    first: the store's summary, read from its roll-ups."""
+    return store.usage_summary(key_id=key_id, since=since, bucket=bucket)
 
 
 @dataclass(frozen=True)
@@ -120,7 +84,7 @@ def draw(
 ) -> Chart:
     """Bars for the last ``count`` buckets up to ``until`` (now), empty ones
     included, stacked by status class and scaled to the busiest."""
-    step = _STEPS[bucket]
+    step = STEPS[bucket]
     last = bucket_start(until or utcnow(), bucket)
     starts = [last - step * (count - 1 - index) for index in range(count)]
     found = {bucket_start(item.start, bucket): item for item in buckets}

@@ -17,10 +17,11 @@ from flask.typing import ResponseReturnValue
 from werkzeug.wrappers import Response
 
 from .._time import utcnow
+from ..buckets import Bucket
 from ..errors import AlreadyRotatedError, KeyNotFoundError
 from ..records import KeyRecord
 from ._bounds import MintBounds, wait_text
-from ._charts import Bucket, Chart, draw, usage_summary
+from ._charts import Chart, draw, usage_summary
 from ._forms import KeyForm, RotateForm
 
 if t.TYPE_CHECKING:

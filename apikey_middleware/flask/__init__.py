@@ -151,6 +151,7 @@ class ApiKeys:
             store,
             key_types=settings.key_types,
             log_usage=settings.log_usage,
+            usage_retention=settings.usage_retention,
             throttle=throttle,
             retry_after=settings.retry_after,
             default_rate_limit=settings.default_rate_limit,

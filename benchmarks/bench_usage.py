@@ -1,0 +1,228 @@
+"""The usage log's cost, side by side in one run.
+
+- in-process, the defaults (usage log on, the store's default revocation)
+  with the writer's thread running beside the requests and each round's
+  last rows written inside the timed round: against the floor (bare Flask
+  + one Core ``SELECT``), and usage log on against off;
+- under gunicorn (2 workers), usage log on against off, immediate and
+  channel mode;
+- the writer's throughput in requests logged per second, one client on one
+  path and on 1,000 paths;
+- a summary of the same range over 10^4 and over 10^6 logged requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from datetime import UTC, datetime, timedelta
+
+from apikey_middleware import ApiKeyMiddleware, SQLAlchemyKeyStore, UsageRecord
+from apikey_middleware.usage import UsageWriter
+
+from ._table import Table, paired
+from .apps import floor_app, hello_app
+from .bench_middleware import Variant, environ_for
+from .bench_server import serving
+from .load import GENERATOR, load, wrk
+
+SECTION = "usage log"
+
+
+def in_process(table: Table, databases: dict[str, str], *, rounds: int, requests: int) -> None:
+    """Defaults against the floor, and usage log on against off, the
+    writer's work included."""
+    variants: dict[str, dict[str, Variant]] = {}
+    stores: list[SQLAlchemyKeyStore] = []
+    middlewares: list[ApiKeyMiddleware] = []
+    for label, url in databases.items():
+        store = SQLAlchemyKeyStore(url)
+        store.metadata.drop_all(store.engine)
+        store.create_schema()
+        issued = store.create_key("usage bench", scopes=["hello"])
+        valid = environ_for(key=issued.key)
+        defaults = ApiKeyMiddleware(hello_app().wsgi_app, store)
+        quiet = ApiKeyMiddleware(hello_app().wsgi_app, store, log_usage=False)
+        middlewares += [defaults, quiet]
+        stores.append(store)
+        variants[label] = {
+            "floor": Variant(
+                f"floor: bare + 1 SELECT ({label})",
+                floor_app(store.engine, issued.id).wsgi_app,
+                valid,
+                requests,
+            ),
+            # The writer's thread runs beside the requests; the rows left
+            # when the round ends are written after it, and that time added.
+            "on": Variant(
+                f"defaults, usage log on ({label}, {store.revocation})",
+                defaults,
+                valid,
+                requests,
+                finish=defaults.flush,
+            ),
+            "off": Variant(
+                f"defaults, usage log off ({label}, {store.revocation})", quiet, valid, requests
+            ),
+        }
+    everything = [variant for group in variants.values() for variant in group.values()]
+    for variant in everything:
+        variant.check()
+        variant.run_round()
+        variant.samples.clear()
+        variant.finish_samples.clear()
+    for number in range(rounds):
+        print(f"  usage in-process round {number + 1}/{rounds}", end="\r", flush=True)
+        for variant in everything:
+            variant.run_round()
+    print()
+    for middleware in middlewares:
+        middleware.close()
+    for label, group in variants.items():
+        on = group["on"]
+        with_writer = [a + b for a, b in zip(on.samples, on.finish_samples, strict=True)]
+        table.figure(SECTION, group["floor"].name, group["floor"].samples, "µs")
+        table.figure(SECTION, f"{on.name}, writer included", with_writer, "µs")
+        table.figure(SECTION, group["off"].name, group["off"].samples, "µs")
+        table.ratio(
+            SECTION,
+            f"defaults, writer included / floor ({label})",
+            paired(with_writer, group["floor"].samples),
+            "<= 1.10",
+            suffix=f"   (writer: {statistics.median(on.finish_samples):.2f} µs per request)",
+        )
+        table.ratio(
+            SECTION,
+            f"usage log on / off, writer included, in-process ({label})",
+            paired(with_writer, group["off"].samples),
+            "<= 1.05",
+        )
+    for store in stores:
+        store.close()
+
+
+def under_gunicorn(
+    table: Table, databases: dict[str, tuple[str, str, str]], *, rounds: int, requests: int
+) -> None:
+    """Requests per second with the usage log on and off, immediate and
+    channel mode, 2 gunicorn workers each."""
+    loads: dict[str, tuple[int, dict[str, str]]] = {}
+    with contextlib.ExitStack() as stack:
+        for label, (url, key, key_id) in databases.items():
+            env = {"BENCH_DATABASE_URL": url, "BENCH_KEY_ID": key_id}
+            headers = {"Authorization": f"Bearer {key}"}
+            for kind in ("wrapped", "wrapped+log", "channel", "channel+log"):
+                port = stack.enter_context(serving(kind, env))
+                loads[f"{kind} ({label})"] = (port, headers)
+        for name, (port, headers) in loads.items():
+            warm = load(port, "/hello", headers, total=300)
+            if set(warm.statuses) != {200}:
+                raise SystemExit(f"{name}: answered {warm.statuses}")
+        rates: dict[str, list[float]] = {name: [] for name in loads}
+        for number in range(rounds):
+            print(f"  usage gunicorn round {number + 1}/{rounds}", end="\r", flush=True)
+            for name, (port, headers) in loads.items():
+                if GENERATOR == "wrk":
+                    result = wrk(port, "/hello", headers, seconds=max(1, round(requests / 2000)))
+                else:
+                    result = load(port, "/hello", headers, total=requests)
+                rates[name].append(result.rate)
+        print()
+    section = f"usage log, gunicorn 2 workers, load from {GENERATOR}"
+    for name, samples in rates.items():
+        table.figure(section, f"{name}: req/s", samples, "req/s")
+    for label in databases:
+        for mode, kind in (("immediate", "wrapped"), ("channel", "channel")):
+            table.ratio(
+                section,
+                f"usage log on / off, req/s ({label}, {mode})",
+                paired(rates[f"{kind}+log ({label})"], rates[f"{kind} ({label})"]),
+                ">= 0.95",
+            )
+
+
+def writer_throughput(table: Table, label: str, url: str, requests: int = 20_000) -> None:
+    """Requests logged per second through the writer: buffered, then
+    written in batches, one client on one path and on 1,000 paths."""
+    store = SQLAlchemyKeyStore(url, bcrypt_rounds=4)
+    store.metadata.drop_all(store.engine)
+    store.create_schema()
+    key_id = store.create_key("writer").id
+    writer = UsageWriter(store, max_pending=requests, batch_size=1000, interval=3600)
+    writer._start = lambda: None  # type: ignore[method-assign]  # flushed here, not by a thread
+    for paths in (1, 1000):
+        rates = []
+        for _ in range(3):
+            for n in range(requests):
+                writer.record(key_id, "GET", f"/items/{n % paths}", 200, "127.0.0.1")
+            started = time.perf_counter()
+            writer.flush()
+            rates.append(requests / (time.perf_counter() - started))
+        where = "one path" if paths == 1 else f"{paths:,} paths"
+        table.figure(
+            SECTION, f"writer: requests logged per second, {where} ({label})", rates, "req/s"
+        )
+    writer.close()
+    store.metadata.drop_all(store.engine)
+    store.close()
+
+
+def _fill(store: SQLAlchemyKeyStore, key_id: str, requests: int, start: datetime) -> None:
+    """``requests`` logged requests, one row each (different paths), spread
+    evenly over the week from ``start``."""
+    step = timedelta(days=7) / requests
+    chunk: list[UsageRecord] = []
+    for n in range(requests):
+        status = 200 if n % 10 else 404
+        chunk.append(
+            UsageRecord(key_id, start + step * n, "GET", f"/items/{n % 997}", status, "10.0.0.1")
+        )
+        if len(chunk) == 20_000:
+            store.record_usage(chunk)
+            chunk = []
+    store.record_usage(chunk)
+
+
+def summary_cost(
+    table: Table, label: str, url: str, *, small: int, large: int, rounds: int = 15
+) -> None:
+    """The time of one summary (a week by hour) over ``small`` and over
+    ``large`` logged requests, in interleaved rounds."""
+    store = SQLAlchemyKeyStore(url, bcrypt_rounds=4)
+    store.metadata.drop_all(store.engine)
+    store.create_schema()
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=7)
+    keys = {}
+    for count in (small, large):
+        key_id = store.create_key(f"summary {count}").id
+        print(f"  logging {count:,} requests ({label})", end="\r", flush=True)
+        _fill(store, key_id, count, start)
+        keys[count] = key_id
+    print()
+    times: dict[int, list[float]] = {small: [], large: []}
+    buckets = 0
+    for _ in range(rounds):
+        for count, key_id in keys.items():
+            began = time.perf_counter()
+            summary = store.usage_summary(key_id=key_id, since=start, bucket="hour")
+            times[count].append((time.perf_counter() - began) * 1e3)
+            if sum(item.requests for item in summary) != count:
+                raise SystemExit(f"summary of {count} requests counts {summary}")
+            buckets = len(summary)
+    for count in (small, large):
+        table.figure(
+            SECTION,
+            f"summary of a week by hour ({buckets} buckets), {count:,} requests ({label})",
+            times[count],
+            "ms",
+        )
+    table.ratio(
+        SECTION,
+        f"summary time, {large:,} / {small:,} requests ({label})",
+        paired(times[large], times[small]),
+        "<= 2.0",
+        suffix=f"   (median {statistics.median(times[large]):.2f} ms)",
+    )
+    store.metadata.drop_all(store.engine)
+    store.close()
