@@ -3,15 +3,16 @@
 :class:`SQLAlchemyKeyStore` is the one object users make. It knows nothing
 of HTTP: it manages key records here, hands the request path to its
 :class:`~apikey_middleware.verifier.Verifier`, and the usage log to
-:class:`~apikey_middleware.usage_log.UsageLog`. Its tables are in
-:mod:`~apikey_middleware.schema`.
+:class:`~apikey_middleware.usage_log.UsageLog` (its methods for usage are
+those of :class:`~apikey_middleware.usage_queries.UsageQueries`). Its tables
+are in :mod:`~apikey_middleware.schema`.
 """
 
 from __future__ import annotations
 
 import os
 import typing as t
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
@@ -21,10 +22,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from ._checks import integer, number
-from ._engine import SharedConnectionPool, create_store_engine, sqlite_file_missing
+from ._engine import create_store_engine, sqlite_file_missing
 from ._issue import issue_key, retirement, successor_of
-from ._time import expiry, moment, utcnow
-from .buckets import Bucket, UsageBucket
+from ._time import expiry, utcnow
 from .changes import (
     REVOCATION_MODES,
     ChangeChannel,
@@ -41,8 +41,8 @@ from .principal import Principal, normalize_scopes
 from .ratelimit import check_rate_limit
 from .records import UNSET, IssuedKey, KeyRecord, Unset, check_name
 from .schema import ApiKey, keys_table, metadata, upgrade
-from .usage import UsageRecord
 from .usage_log import UsageLog
+from .usage_queries import UsageQueries
 from .verifier import DEFAULT_CACHE_SIZE, Verifier, describe_fault
 
 _SCHEMA_TIMEOUT = 60.0
@@ -50,7 +50,7 @@ _SCHEMA_TIMEOUT = 60.0
 _SCHEMA_ATTEMPTS = 3
 
 
-class SQLAlchemyKeyStore:
+class SQLAlchemyKeyStore(UsageQueries):
     """API keys in a SQLAlchemy database, kept only as bcrypt hashes.
 
     :param url_or_engine: a database URL, or an :class:`~sqlalchemy.engine.Engine`
@@ -425,82 +425,3 @@ class SQLAlchemyKeyStore:
             replaces=old.id,
             retire=retirement(old, grace),
         )
-
-    # -- usage -----------------------------------------------------------
-
-    def record_usage(
-        self,
-        records: Sequence[UsageRecord],
-        *,
-        last_used: Mapping[str, datetime] | None = None,
-        batch_id: str | None = None,
-    ) -> None:
-        """Write logged requests in one transaction, identical ones of a
-        minute in one row, and move each key's ``last_used_at`` forward (see
-        :meth:`~apikey_middleware.usage_log.UsageLog.record`)."""
-        if self._closed and isinstance(self.engine.pool, SharedConnectionPool):
-            return  # an in-memory database closed: gone with its rows' keys
-        self._usage.record(records, last_used=last_used, batch_id=batch_id)
-
-    def usage(
-        self,
-        key_id: str,
-        *,
-        since: datetime | timedelta | None = None,
-        limit: int | None = None,
-    ) -> list[UsageRecord]:
-        """The usage rows of ``key_id``, newest first; a row stands for
-        ``requests`` identical requests of one minute.
-
-        :param since: only rows at or after this aware datetime, or in
-            this last timedelta.
-        :param limit: at most this many rows.
-        """
-        return self._usage.read(key_id, since=moment("since", since), limit=limit)
-
-    def usage_summary(
-        self,
-        *,
-        key_id: str | None = None,
-        owner: str | None = None,
-        since: datetime | timedelta | None = None,
-        until: datetime | timedelta | None = None,
-        bucket: Bucket = "hour",
-    ) -> list[UsageBucket]:
-        """Requests per minute, hour or day, with their status codes, oldest
-        first: one :class:`~apikey_middleware.buckets.UsageBucket` per bucket
-        with requests. Read from roll-ups the usage writer keeps, so its cost
-        follows the buckets, not the requests.
-
-        :param key_id: one key's requests; ``owner``: those of an owner's
-            keys; neither: every key's.
-        :param since: from the bucket this time falls in (an aware
-            datetime, or a timedelta back from now).
-        :param until: buckets that start before this time.
-        :param bucket: ``"minute"``, ``"hour"`` or ``"day"`` (UTC).
-        """
-        return self._usage.summary(
-            key_id=key_id,
-            owner=owner,
-            since=moment("since", since),
-            until=moment("until", until),
-            bucket=bucket,
-        )
-
-    def top_paths(
-        self, key_id: str, *, since: datetime | timedelta | None = None, limit: int = 10
-    ) -> list[tuple[str, int]]:
-        """The paths ``key_id`` asked for most (``since`` then), each with
-        how many requests, most first."""
-        return self._usage.top_paths(key_id, since=moment("since", since), limit=limit)
-
-    def prune_usage(self, before: datetime | timedelta) -> int:
-        """Delete usage older than ``before`` (an aware datetime, or a
-        timedelta back from now), a few thousand rows per transaction so
-        that authentication is never kept waiting; the rows deleted. The
-        cut is at the start of ``before``'s UTC day, so that summaries keep
-        agreeing with the rows."""
-        when = moment("before", before)
-        if when is None:
-            raise ValueError("before must be a timezone-aware datetime or a timedelta")
-        return self._usage.prune(when)

@@ -7,7 +7,7 @@ row's merge key); the per-minute, per-hour and per-day roll-ups summaries
 read; the keys' ``last_used_at``; and the batch's id, so that the same batch
 written again (its first commit's answer lost) changes nothing.
 
-The store's facade (:meth:`~apikey_middleware.store.SQLAlchemyKeyStore.usage`
+The store's facade (:meth:`~apikey_middleware.usage_queries.UsageQueries.usage`
 and the methods beside it) and the :class:`~apikey_middleware.usage.UsageWriter`
 both come here.
 """
