@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import exc
 
 from ._checks import integer, number
+from ._lru import LRUCache
 from ._time import utcnow
 from .keys import redact_keys
 from .schema import MAX_PATH_LENGTH
@@ -93,6 +94,9 @@ _Pending = tuple[str, float, str, str, int, str | None, bool]
 _ROW_OVERHEAD = 250
 MAX_METHOD_LENGTH = 16
 MAX_ADDRESS_LENGTH = 64
+#: Distinct methods and paths of a key's refused requests logged as they are,
+#: per minute and process; the rest are logged as ``*`` ``*``.
+REFUSED_TARGETS = 20
 
 
 # What stays as it is in a stored path: RFC 3986's path characters.
@@ -184,6 +188,8 @@ class UsageWriter:
         #: Rows written (requests logged), since the start.
         self.written = 0
         self._pending: deque[_Pending] = deque()
+        # Per key id: the minute, and the refused methods and paths seen in it.
+        self._refused: LRUCache[str, tuple[int, set[tuple[str, str]]]] = LRUCache(10_000)
         self._pending_bytes = 0  # of the buffer and of the batch in flight
         self._in_flight = 0  # rows taken from the buffer for a write not yet done
         self._retry: list[_Batch] = []  # batches whose write failed, in order
@@ -243,6 +249,8 @@ class UsageWriter:
             remote_addr = remote_addr[:MAX_ADDRESS_LENGTH]
         size = self._size_of(method, path, remote_addr)
         with self._state_lock:
+            if not accepted:
+                method, path = self._refused_target(key_id, method, path)
             if (
                 self._closed
                 or len(self._pending) + self._in_flight >= self.max_pending
@@ -256,6 +264,25 @@ class UsageWriter:
             self._start()
         elif len(self._pending) >= self.batch_size:
             self._wake.set()
+
+    def _refused_target(self, key_id: str, method: str, path: str) -> tuple[str, str]:
+        """Key ids are public: anyone may send refused requests for one, to
+        as many paths as they like. Past :data:`REFUSED_TARGETS` methods and
+        paths in a minute, a key's refused requests are logged as ``*``
+        ``*``, still counted exactly, by status and address, so that they
+        cannot flood its log with rows."""
+        minute = int(time.time() // 60)
+        seen = self._refused.get(key_id)
+        if seen is None or seen[0] != minute:
+            seen = (minute, set())
+            self._refused.set(key_id, seen)
+        targets = seen[1]
+        if (method, path) in targets:
+            return method, path
+        if len(targets) >= REFUSED_TARGETS:
+            return "*", "*"
+        targets.add((method, path))
+        return method, path
 
     @staticmethod
     def _size_of(method: str, path: str, remote_addr: str | None) -> int:

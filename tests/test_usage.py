@@ -18,7 +18,7 @@ from werkzeug.test import Client
 from apikey_middleware import ApiKeyMiddleware, IssuedKey, SQLAlchemyKeyStore
 from apikey_middleware.flask import ApiKeys, require_scopes
 from apikey_middleware.keys import generate_key
-from apikey_middleware.usage import UsageRecord, UsageWriter
+from apikey_middleware.usage import REFUSED_TARGETS, UsageRecord, UsageWriter
 
 from .conftest import TEST_ROUNDS, RecordingApp, StoreFactory, bearer
 
@@ -369,3 +369,29 @@ def test_a_row_the_database_refuses_is_dropped_alone(
     assert writer.pending == 0
     assert "dropped a usage row the database refused" in caplog.text
     writer.close()
+
+
+def test_refused_requests_to_many_paths_cannot_flood_a_keys_log(
+    middleware: ApiKeyMiddleware, sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    """Key ids are public: a client without the secret sends requests for
+    one to a new path each time. They are all counted, in a bounded number
+    of rows; the owner's own requests keep their paths."""
+    client = Client(middleware)
+    remote = {"REMOTE_ADDR": "203.0.113.9"}
+    for number in range(300):
+        client.get(f"/p/{number}", headers=bearer(generate_key("test", key.id).key),
+                   environ_base=remote)  # fmt: skip
+    for number in range(30):
+        client.get(f"/mine/{number}", headers=bearer(key.key), environ_base=remote)
+    middleware.flush()
+    rows = sqlite_store.usage(key.id)
+    refused = [row for row in rows if row.status != 200]
+    assert sum(row.requests for row in refused) == 300
+    assert ("*", "*") in {(row.method, row.path) for row in refused}
+    # Per minute (the requests may straddle two): the first paths, then "*"
+    # rows, one per status (401, then 429 once the address is throttled).
+    minutes = len({row.occurred_at.replace(second=0, microsecond=0) for row in refused})
+    assert len(refused) <= (REFUSED_TARGETS + 2) * minutes
+    accepted = [row for row in rows if row.status == 200]
+    assert sorted(row.path for row in accepted) == sorted(f"/mine/{n}" for n in range(30))
