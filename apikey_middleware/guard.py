@@ -192,16 +192,6 @@ class KeyGuard:
         counting: the headers of a refusal that spends nothing (403)."""
         return self.rate_limiter.peek(principal.key_id, principal.rate_limit)
 
-    def _standing(self, principal: Principal | None) -> Quota | None:
-        if principal is None:
-            return None
-        try:
-            return self.standing(principal)
-        except Exception:
-            # Only headers are lost: the request is refused anyway.
-            logger.exception("reading a key's rate limit count failed")
-            return None
-
     def judge(self, environ: WSGIEnvironment, scopes: Sequence[str]) -> Judgement:
         """Judge a request that needs a valid key holding ``scopes``.
 
@@ -212,16 +202,16 @@ class KeyGuard:
         refusal (503), so nothing gets in by accident.
         """
         key_id = None
-        principal: Principal | None = None
         try:
             principal = self.authenticate(environ)
             key_id = principal.key_id
-            self.authorize(principal, scopes)
+            try:
+                self.authorize(principal, scopes)
+            except ForbiddenError as error:
+                # Every answer to a limited key says where it stands (SPEC
+                # 8); a refused request spends nothing: the count is read.
+                return Judgement(None, error, key_id, self.standing(principal))
             quota = self.limit(principal)
-        except ForbiddenError as error:
-            # Every answer to a limited key says where it stands (SPEC 8);
-            # a refused request spends nothing, so the count is only read.
-            return Judgement(None, error, key_id, self._standing(principal))
         except ApiKeyError as error:
             if isinstance(error, RejectedKeyError):
                 key_id = error.key_id

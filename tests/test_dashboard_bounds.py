@@ -272,3 +272,28 @@ def test_a_wait_reads_as_a_person_says_it(seconds: int, text: str) -> None:
     from apikey_middleware.dashboard._bounds import wait_text
 
     assert wait_text(seconds) == text
+
+
+def test_concurrent_posts_make_no_more_than_the_rate(sqlite_store: SQLAlchemyKeyStore) -> None:
+    import threading
+
+    app = make_app(sqlite_store, key_rate="2/minute", max_keys=None)
+    browsers = [Browser(app, "alice") for _ in range(6)]
+    tokens = [browser.token() for browser in browsers]
+    start = threading.Barrier(len(browsers), timeout=30)
+    statuses: list[int] = []
+
+    def post(browser: Browser, token: str) -> None:
+        start.wait()
+        data = {"csrf_token": token, "name": "k", "key_type": "test", "scopes": ["clients:read"]}
+        statuses.append(browser.client.post(PREFIX + "/new", data=data).status_code)
+
+    threads = [
+        threading.Thread(target=post, args=pair) for pair in zip(browsers, tokens, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [201, 201, 429, 429, 429, 429]
+    assert keys_of(sqlite_store, "alice") == 2

@@ -18,6 +18,7 @@ from apikey_middleware import (
     CounterStorage,
     FailureThrottle,
     RateLimitedError,
+    RateLimiter,
     SQLAlchemyKeyStore,
 )
 from apikey_middleware.cli import main
@@ -619,3 +620,17 @@ def test_a_403_of_the_flask_decorator_says_where_the_key_stands(
         assert forbidden.headers["X-RateLimit-Limit"] == "3"
         assert forbidden.headers["X-RateLimit-Remaining"] == "2"
     assert client.get("/read", headers=bearer(issued.key)).headers["X-RateLimit-Remaining"] == "1"
+
+
+def test_reprs_name_the_storage_without_its_password(sqlite_store: SQLAlchemyKeyStore) -> None:
+    limiter = RateLimiter(CounterStorage("memory://"), default="5/minute")
+    assert repr(limiter) == "RateLimiter(CounterStorage('memory://'), default='5/minute')"
+    storage = CounterStorage("redis://:s3cret@127.0.0.1:6379/7")
+    try:
+        assert "s3cret" not in repr(RateLimiter(storage))
+        assert "s3cret" not in repr(storage)
+    finally:
+        storage.close()
+    middleware = ApiKeyMiddleware(RecordingApp(), sqlite_store, log_usage=False)
+    assert repr(middleware).startswith("ApiKeyMiddleware(")
+    assert repr(sqlite_store) in repr(middleware)
