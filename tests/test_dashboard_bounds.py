@@ -297,3 +297,21 @@ def test_concurrent_posts_make_no_more_than_the_rate(sqlite_store: SQLAlchemyKey
         thread.join()
     assert sorted(statuses) == [201, 201, 429, 429, 429, 429]
     assert keys_of(sqlite_store, "alice") == 2
+
+
+def test_a_key_the_store_refuses_to_make_is_a_form_error(sqlite_url: str) -> None:
+    # Keys made with one pepper; the dashboard's store has another.
+    first = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=4, pepper=b"one pepper")
+    first.create_schema()
+    first.create_key("made first", owner="alice")
+    first.close()
+    other = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=4, pepper=b"another pepper")
+    try:
+        response = Browser(make_app(other), "alice").generate()
+        assert response.status_code == 400
+        assert form_error(response.get_data(as_text=True)) == (
+            "The key could not be made with these settings."
+        )
+        assert keys_of(other, "alice") == 1
+    finally:
+        other.close()
