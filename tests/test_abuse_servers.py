@@ -6,39 +6,23 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
 
 import pytest
 import requests
-import sqlalchemy as sa
 
 from apikey_middleware import SQLAlchemyKeyStore
-from apikey_middleware.schema import metadata
 
-from .conftest import TEST_ROUNDS, server_url
+from . import postgres
+from .conftest import server_url
 from .servers import gunicorn, request
 
 pytestmark = pytest.mark.slow
 
+# The shared PostgreSQL fixtures, under the names the tests here use.
+database = postgres.database
+store = postgres.store
+
 TOKEN_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    url = server_url("postgresql")
-    engine = sa.create_engine(url)
-    metadata.drop_all(engine)
-    yield url
-    metadata.drop_all(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def store(database: str) -> Iterator[SQLAlchemyKeyStore]:
-    key_store = SQLAlchemyKeyStore(database, bcrypt_rounds=TEST_ROUNDS)
-    key_store.create_schema()
-    yield key_store
-    key_store.close()
 
 
 def test_an_account_makes_at_most_its_rate_of_keys_across_workers(

@@ -13,41 +13,25 @@ import threading
 import time
 import typing as t
 import uuid
-from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
-import sqlalchemy as sa
 
 from apikey_middleware import SQLAlchemyKeyStore
 from apikey_middleware.keys import generate_key
-from apikey_middleware.schema import metadata
 
-from .conftest import TEST_ROUNDS, server_url
+from . import postgres
+from .conftest import server_url
 from .servers import Gunicorn, gunicorn, redis_server, request
 
 pytestmark = pytest.mark.slow
 
+# The shared PostgreSQL fixtures, under the names the tests here use.
+database = postgres.database
+store = postgres.store
+
 APP = "tests.ratelimit_app:create_app()"
 WORKERS = 2
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    url = server_url("postgresql")
-    engine = sa.create_engine(url)
-    metadata.drop_all(engine)
-    yield url
-    metadata.drop_all(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def store(database: str) -> Iterator[SQLAlchemyKeyStore]:
-    key_store = SQLAlchemyKeyStore(database, bcrypt_rounds=TEST_ROUNDS)
-    key_store.create_schema()
-    yield key_store
-    key_store.close()
 
 
 def two_hosts(stack: ExitStack, env: dict[str, str]) -> list[Gunicorn]:

@@ -174,16 +174,9 @@ def usage(
     by = by or "day"
     start = start if since is not None else _since_default(by)
     buckets = store().usage_summary(key_id=record.id, since=start, bucket=by)
-    if as_json:
-        click.echo(json.dumps([_bucket_json(item) for item in buckets], indent=2))
+    title = f"Usage of {record.key_type} key {record.id} ({shown(record.name)})"
+    if not _chart(title, buckets, by, start, as_json):
         return
-    click.echo(f"Usage of {record.key_type} key {record.id} ({shown(record.name)})")
-    if not buckets:
-        click.echo("No requests logged" + ("" if start is None else " in that period") + ".")
-        return
-    click.echo("")
-    for line in draw_chart(buckets, by, start):
-        click.echo(line)
     top = store().top_paths(record.id, since=start, limit=_TOP_PATHS)
     click.echo(f"\nTop {len(top)} paths")
     width = max(len(str(count)) for _, count in top)
@@ -206,6 +199,24 @@ def _since_default(by: Bucket) -> datetime | None:
     return None if span is None else utcnow() - span
 
 
+def _chart(
+    title: str, buckets: list[UsageBucket], by: Bucket, start: datetime | None, as_json: bool
+) -> bool:
+    """Print the buckets as JSON, or the title and the chart; whether there
+    is more to print after them."""
+    if as_json:
+        click.echo(json.dumps([_bucket_json(item) for item in buckets], indent=2))
+        return False
+    click.echo(title)
+    if not buckets:
+        click.echo("No requests logged" + ("" if start is None else " in that period") + ".")
+        return False
+    click.echo("")
+    for line in draw_chart(buckets, by, start):
+        click.echo(line)
+    return True
+
+
 def _bucket_json(item: UsageBucket) -> dict[str, object]:
     return {
         "start": item.start.isoformat(),
@@ -220,16 +231,9 @@ def _owner_usage(owner: str, start: datetime | None, by: Bucket, as_json: bool) 
         raise click.ClickException(f"no API key has the owner {shown(owner)}")
     start = start if start is not None else _since_default(by)
     buckets = store().usage_summary(owner=owner, since=start, bucket=by)
-    if as_json:
-        click.echo(json.dumps([_bucket_json(item) for item in buckets], indent=2))
+    title = f"Usage of the {len(keys)} key{'s' * (len(keys) != 1)} of {shown(owner)}"
+    if not _chart(title, buckets, by, start, as_json):
         return
-    click.echo(f"Usage of the {len(keys)} key{'s' * (len(keys) != 1)} of {shown(owner)}")
-    if not buckets:
-        click.echo("No requests logged" + ("" if start is None else " in that period") + ".")
-        return
-    click.echo("")
-    for line in draw_chart(buckets, by, start):
-        click.echo(line)
     click.echo("\nRequests per key")
     for record in keys:
         per_key = store().usage_summary(key_id=record.id, since=start, bucket=by)
