@@ -634,3 +634,16 @@ def test_reprs_name_the_storage_without_its_password(sqlite_store: SQLAlchemyKey
     middleware = ApiKeyMiddleware(RecordingApp(), sqlite_store, log_usage=False)
     assert repr(middleware).startswith("ApiKeyMiddleware(")
     assert repr(sqlite_store) in repr(middleware)
+
+
+def test_a_bad_rate_limit_on_the_command_line_is_named_once(
+    sqlite_url: str, sqlite_store: SQLAlchemyKeyStore
+) -> None:
+    url = sqlite_url
+    issued = sqlite_store.create_key("n")
+    for args in (["create", "--name", "x"], ["update", issued.id, "--name", "y"]):
+        result = CliRunner().invoke(main, ["--database-url", url, *args, "--rate-limit", "bogus"])
+        assert result.exit_code == 2
+        (line,) = [text for text in result.stderr.splitlines() if text.startswith("Error")]
+        assert line.startswith("Error: Invalid value for '--rate-limit': 'bogus'"), line
+        assert "rate limit: " not in line, "the option is named once"

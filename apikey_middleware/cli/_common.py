@@ -71,7 +71,9 @@ def rate_limit_option(ctx: click.Context, param: click.Parameter, value: str | N
     try:
         return check_rate_limit("rate limit", value)
     except ValueError as error:
-        raise click.BadParameter(str(error), ctx, param) from None
+        # Click names the option already.
+        message = str(error).removeprefix("rate limit: ")
+        raise click.BadParameter(message, ctx, param) from None
 
 
 def shown(text: str | None) -> str:

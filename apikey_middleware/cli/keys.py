@@ -310,7 +310,8 @@ def update(
         try:
             changes["rate_limit"] = check_rate_limit("rate limit", limit)
         except ValueError as error:
-            raise click.BadParameter(str(error), param_hint="'--rate-limit'") from None
+            message = str(error).removeprefix("rate limit: ")
+            raise click.BadParameter(message, param_hint="'--rate-limit'") from None
     if not changes:
         raise click.UsageError("nothing to change: give --name, --scope, an expiry or --rate-limit")
     record = store().update_key(record.id, **changes)
