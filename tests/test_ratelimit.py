@@ -142,7 +142,7 @@ def test_a_window_too_long_is_refused_by_update_and_the_command_line(
         assert result.exit_code == 2  # click's usage error, as for any bad option
         assert "Traceback" not in result.output
         (line,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
-        assert "rate limit" in line
+        assert "--rate-limit" in line  # the option, named once by click
         assert "1 year" in line or "1,000,000,000" in line, line
     assert sqlite_store.get_key(issued.id).rate_limit == "5/minute"  # type: ignore[union-attr]
     assert len(sqlite_store.list_keys()) == 1
