@@ -164,7 +164,7 @@ class UsageWriter:
         *,
         max_pending: int = 100_000,
         max_pending_bytes: int = 32 * 1024 * 1024,
-        batch_size: int = 1000,
+        batch_size: int = 10_000,
         interval: float = 1.0,
         retention: timedelta | None = None,
     ) -> None:
