@@ -12,15 +12,15 @@ import requests
 
 from apikey_middleware import SQLAlchemyKeyStore
 
-from . import postgres
+from . import server_databases
 from .conftest import server_url
 from .servers import gunicorn, request
 
 pytestmark = pytest.mark.slow
 
 # The shared PostgreSQL fixtures, under the names the tests here use.
-database = postgres.database
-store = postgres.store
+database = server_databases.database
+store = server_databases.store
 
 TOKEN_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 

@@ -20,15 +20,15 @@ import pytest
 from apikey_middleware import SQLAlchemyKeyStore
 from apikey_middleware.keys import generate_key
 
-from . import postgres
+from . import server_databases
 from .conftest import server_url
 from .servers import Gunicorn, gunicorn, redis_server, request
 
 pytestmark = pytest.mark.slow
 
 # The shared PostgreSQL fixtures, under the names the tests here use.
-database = postgres.database
-store = postgres.store
+database = server_databases.database
+store = server_databases.store
 
 APP = "tests.ratelimit_app:create_app()"
 WORKERS = 2

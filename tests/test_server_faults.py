@@ -28,11 +28,15 @@ from apikey_middleware.schema import metadata
 from apikey_middleware.usage import UsageWriter
 from examples import legacy_app
 
+from . import server_databases
 from .conftest import TEST_ROUNDS, StoreFactory, server_url, wait_until
 from .pool_app import POOL_TIMEOUT
 from .servers import Gunicorn, TcpProxy, gunicorn, request
 
 pytestmark = pytest.mark.slow
+
+# A database server behind a fault proxy (shared with the other server tests).
+proxied_server = server_databases.proxied_server
 
 APP = "examples.legacy_app:create_app()"
 UNAVAILABLE = "SERVICE_UNAVAILABLE"
@@ -120,20 +124,6 @@ TIMEOUT = 2.0
 # loaded machine: what "within the timeout plus a little" means here.
 WITHIN = TIMEOUT + 2.0
 TIMEOUT_APP = "tests.timeout_app:create_app()"
-
-
-@pytest.fixture(params=["postgresql", "mysql"])
-def proxied_server(request: pytest.FixtureRequest) -> Iterator[tuple[TcpProxy, str, str]]:
-    """A database server reached through a fault proxy: proxy, proxied URL, direct URL."""
-    direct = server_url(request.param)
-    url = sa.make_url(direct)
-    engine = sa.create_engine(url, poolclass=sa.NullPool)
-    metadata.drop_all(engine)
-    proxy = TcpProxy(url.port or (5432 if request.param == "postgresql" else 3306))
-    yield proxy, url.set(port=proxy.port).render_as_string(hide_password=False), direct
-    proxy.close()
-    metadata.drop_all(engine)
-    engine.dispose()
 
 
 @contextmanager

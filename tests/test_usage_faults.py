@@ -7,37 +7,26 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from apikey_middleware import SQLAlchemyKeyStore
 from apikey_middleware.buckets import BUCKETS
-from apikey_middleware.schema import metadata, usage_table
+from apikey_middleware.schema import usage_table
 from apikey_middleware.usage import UsageWriter
 
-from .conftest import StoreFactory, server_url
+from . import server_databases
+from .conftest import StoreFactory
 from .servers import TcpProxy, apikey, gunicorn, request
 
 pytestmark = pytest.mark.slow
 
+# A database server behind a fault proxy (shared with the other server tests).
+proxied_server = server_databases.proxied_server
+
 SENT = 120
 APP = "examples.flask_app:create_app()"
-
-
-@pytest.fixture(params=["postgresql", "mysql"])
-def proxied(request: pytest.FixtureRequest) -> Iterator[tuple[TcpProxy, str, str]]:
-    """A database server behind a fault proxy: proxy, proxied URL, direct URL."""
-    direct = server_url(request.param)
-    url = sa.make_url(direct)
-    engine = sa.create_engine(url, poolclass=sa.NullPool)
-    metadata.drop_all(engine)
-    proxy = TcpProxy(url.port or (5432 if request.param == "postgresql" else 3306))
-    yield proxy, url.set(port=proxy.port).render_as_string(hide_password=False), direct
-    proxy.close()
-    metadata.drop_all(engine)
-    engine.dispose()
 
 
 def stored_requests(url: str, key_id: str) -> int:
@@ -66,11 +55,11 @@ def assert_counted_once(store: SQLAlchemyKeyStore, key_id: str) -> None:
 
 
 def test_a_commit_whose_answer_is_lost_is_not_applied_twice(
-    proxied: tuple[TcpProxy, str, str],
+    proxied_server: tuple[TcpProxy, str, str],
     store_factory: StoreFactory,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    proxy, url, direct = proxied
+    proxy, url, direct = proxied_server
     store = store_factory(url)
     issued = store.create_key("n")
     writer = UsageWriter(store, interval=3600)
@@ -93,11 +82,11 @@ def test_a_commit_whose_answer_is_lost_is_not_applied_twice(
 
 
 def test_a_writer_outage_loses_nothing_when_the_database_returns(
-    proxied: tuple[TcpProxy, str, str],
+    proxied_server: tuple[TcpProxy, str, str],
     store_factory: StoreFactory,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    proxy, url, direct = proxied
+    proxy, url, direct = proxied_server
     store = store_factory(url, timeout=1)
     issued = store.create_key("n")
     writer = UsageWriter(store, interval=3600)
