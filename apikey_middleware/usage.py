@@ -95,7 +95,8 @@ _ROW_OVERHEAD = 250
 MAX_METHOD_LENGTH = 16
 MAX_ADDRESS_LENGTH = 64
 #: Distinct methods and paths of a key's refused requests logged as they are,
-#: per minute and process; the rest are logged as ``*`` ``*``.
+#: per minute and process (for the last 4096 keys refused); the rest are
+#: logged as ``*`` ``*``.
 REFUSED_TARGETS = 20
 
 
@@ -189,7 +190,8 @@ class UsageWriter:
         self.written = 0
         self._pending: deque[_Pending] = deque()
         # Per key id: the minute, and the refused methods and paths seen in it.
-        self._refused: LRUCache[str, tuple[int, set[tuple[str, str]]]] = LRUCache(10_000)
+        # Hashes, not the strings: this memory is outside the buffer's bounds.
+        self._refused: LRUCache[str, tuple[int, set[int]]] = LRUCache(4096)
         self._pending_bytes = 0  # of the buffer and of the batch in flight
         self._in_flight = 0  # rows taken from the buffer for a write not yet done
         self._retry: list[_Batch] = []  # batches whose write failed, in order
@@ -277,11 +279,12 @@ class UsageWriter:
             seen = (minute, set())
             self._refused.set(key_id, seen)
         targets = seen[1]
-        if (method, path) in targets:
+        target = hash((method, path))
+        if target in targets:
             return method, path
         if len(targets) >= REFUSED_TARGETS:
             return "*", "*"
-        targets.add((method, path))
+        targets.add(target)
         return method, path
 
     @staticmethod

@@ -395,3 +395,23 @@ def test_refused_requests_to_many_paths_cannot_flood_a_keys_log(
     assert len(refused) <= (REFUSED_TARGETS + 2) * minutes
     accepted = [row for row in rows if row.status == 200]
     assert sorted(row.path for row in accepted) == sorted(f"/mine/{n}" for n in range(30))
+
+
+def test_what_refused_requests_leave_in_memory_is_bounded(sqlite_store: SQLAlchemyKeyStore) -> None:
+    """The refused-path memory sits outside the buffer's bounds: long paths
+    for many public key ids, the buffer full, must not grow it much."""
+    writer = UsageWriter(sqlite_store, max_pending=10, interval=3600)
+    ids = [generate_key("test").key_id for _ in range(2_000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for number in range(25):
+            for key_id in ids:
+                path = f"/{number}/" + "p" * 998
+                writer.record(key_id, "GET", path, 401, "203.0.113.9", accepted=False)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert writer.pending == 10
+    assert grown < 10_000_000, grown  # 2,000 keys x 20 paths of 1 KB would be 40 MB
+    writer.close()
