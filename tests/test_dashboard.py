@@ -20,7 +20,7 @@ from werkzeug.test import TestResponse
 
 from apikey_middleware import SQLAlchemyKeyStore, UsageBucket
 from apikey_middleware.dashboard import create_dashboard
-from apikey_middleware.dashboard._charts import draw, usage_summary
+from apikey_middleware.dashboard._charts import draw
 from apikey_middleware.dashboard._forms import check_rate_limit
 from apikey_middleware.dashboard.security import CONTENT_SECURITY_POLICY
 from apikey_middleware.usage import UsageRecord
@@ -555,11 +555,11 @@ def test_usage_summary_groups_a_keys_requests_per_bucket(sqlite_store: SQLAlchem
         [record(key.id, base + timedelta(minutes=m), s) for m, s in ((5, 200), (6, 401), (65, 200))]
         + [record(key.id, base - timedelta(days=2), 200)]
     )
-    assert usage_summary(sqlite_store, key_id=key.id, since=base, bucket="hour") == [
+    assert sqlite_store.usage_summary(key_id=key.id, since=base, bucket="hour") == [
         UsageBucket(base, 2, {200: 1, 401: 1}),
         UsageBucket(base + timedelta(hours=1), 1, {200: 1}),
     ]
-    (day,) = usage_summary(sqlite_store, key_id=key.id, since=base, bucket="day")
+    (day,) = sqlite_store.usage_summary(key_id=key.id, since=base, bucket="day")
     assert day == UsageBucket(datetime(2030, 5, 1, tzinfo=UTC), 3, {200: 2, 401: 1})
 
 

@@ -14,20 +14,8 @@ from datetime import datetime
 from .._time import utcnow
 from ..buckets import STEPS, Bucket, UsageBucket, bucket_start
 
-if t.TYPE_CHECKING:
-    from ..store import SQLAlchemyKeyStore
-
-
 #: How a bar is split, bottom up: responses by the first digit of their status.
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
-
-
-def usage_summary(
-    store: SQLAlchemyKeyStore, *, key_id: str, since: datetime, bucket: Bucket
-) -> list[UsageBucket]:
-    """The requests of ``key_id`` since ``since``, per ``bucket``, oldest
-    first: the store's summary, read from its roll-ups."""
-    return store.usage_summary(key_id=key_id, since=since, bucket=bucket)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from ..buckets import Bucket
 from ..errors import AlreadyRotatedError, KeyNotFoundError
 from ..records import KeyRecord
 from ._bounds import MintBounds, wait_text
-from ._charts import Chart, draw, usage_summary
+from ._charts import Chart, draw
 from ._forms import KeyForm, RotateForm
 
 if t.TYPE_CHECKING:
@@ -88,7 +88,7 @@ class Pages:
         # A key not used since the window began has nothing to count.
         used = record.last_used_at is not None and record.last_used_at >= since
         buckets = (
-            usage_summary(self.store, key_id=record.id, since=since, bucket="day") if used else []
+            self.store.usage_summary(key_id=record.id, since=since, bucket="day") if used else []
         )
         return draw(buckets, bucket="day", count=_SPARK_DAYS, width=84, height=20, until=now)
 
@@ -213,7 +213,7 @@ class Pages:
         now = utcnow()
         step = timedelta(hours=1) if by == "hour" else timedelta(days=1)
         since = now - step * count
-        buckets = usage_summary(self.store, key_id=record.id, since=since, bucket=bucket)
+        buckets = self.store.usage_summary(key_id=record.id, since=since, bucket=bucket)
         chart = draw(buckets, bucket=bucket, count=count, width=720, height=180, until=now)
         return page(
             "apikey_dashboard/usage.html",
