@@ -267,7 +267,6 @@ def _one_at_a_time(connection: Connection) -> Iterator[None]:
 
     Every worker of a server may call ``create_schema()`` as it starts; two
     that look for a table at once both try to create it, and one fails.
-    SQLite has no such lock: the store retries there instead.
     """
     dialect = connection.dialect.name
     if dialect == "postgresql":
@@ -284,6 +283,13 @@ def _one_at_a_time(connection: Connection) -> Iterator[None]:
             yield
         finally:
             connection.scalar(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+    elif dialect == "sqlite":
+        # The driver starts no transaction for DDL: take SQLite's write lock
+        # by hand, unless the caller's transaction already holds one.
+        driver = connection.connection.driver_connection
+        if not getattr(driver, "in_transaction", True):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        yield
     else:
         yield
 

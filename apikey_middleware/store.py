@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from ._checks import integer, number
-from ._engine import create_store_engine, sqlite_file_missing
+from ._engine import SharedConnectionPool, create_store_engine, sqlite_file_missing
 from ._issue import issue_key, retirement, successor_of
 from ._time import expiry, utcnow
 from .changes import (
@@ -46,8 +46,6 @@ from .usage_queries import UsageQueries
 from .verifier import DEFAULT_CACHE_SIZE, Verifier, describe_fault
 
 _SCHEMA_TIMEOUT = 60.0
-#: Tries of a SQLite schema change that met a table another process made.
-_SCHEMA_ATTEMPTS = 3
 
 
 class SQLAlchemyKeyStore(UsageQueries):
@@ -182,30 +180,19 @@ class SQLAlchemyKeyStore(UsageQueries):
         columns a database made by an earlier release lacks (idempotent).
 
         Schema changes may wait for other sessions' locks far longer than a
-        request may, so on a database server, from an engine the store made,
-        they run on a connection of their own with a wait of at least a
-        minute.
+        request may, so from an engine the store made they run on a
+        connection of their own with a wait of at least a minute.
 
         :raises ValueError: the database's keys were made with another
             pepper (the message names ``APIKEY_PEPPER``).
         """
         engine = self.engine
-        if self._owns_engine and engine.dialect.name != "sqlite":
+        if self._owns_engine and not isinstance(engine.pool, SharedConnectionPool):
             engine = create_store_engine(engine.url, timeout=max(self.timeout, _SCHEMA_TIMEOUT))
         try:
-            for attempt in range(1, _SCHEMA_ATTEMPTS + 1):
-                try:
-                    with engine.begin() as connection:
-                        upgrade(connection)
-                        self._pepper.check(connection)
-                    break
-                except exc.OperationalError as error:
-                    # SQLite: another process made the table between our look
-                    # and our CREATE; the next look sees it.
-                    if engine.dialect.name != "sqlite" or attempt == _SCHEMA_ATTEMPTS:
-                        raise
-                    if "already exists" not in str(error.orig):
-                        raise
+            with engine.begin() as connection:
+                upgrade(connection)
+                self._pepper.check(connection)
         finally:
             if engine is not self.engine:
                 engine.dispose()
