@@ -343,10 +343,20 @@ class UsageWriter:
             logger.info("deleted %d usage rows older than the retention", deleted)
 
     def flush(self) -> None:
-        """Write every buffered row now. Never raises."""
+        """Write the rows buffered when it is called. Never raises.
+
+        Rows that come while it writes wait for the next flush: else, under
+        a steady load, the writer would write a few rows at a time with
+        hardly a pause, a transaction each, competing with the requests.
+        """
         with self._write_lock:
+            due = len(self._pending)
             while True:
-                batch = self._retry.pop(0) if self._retry else self._take()
+                if self._retry:
+                    batch: _Batch | None = self._retry.pop(0)
+                else:
+                    batch = self._take(due)
+                    due -= 0 if batch is None else batch.requests
                 if batch is None:
                     break
                 unwritten = self._write(batch)
@@ -361,14 +371,16 @@ class UsageWriter:
                 )
                 self._reported_drops = self.dropped
 
-    def _take(self) -> _Batch | None:
-        """Up to ``batch_size`` rows from the buffer, as a batch of records.
+    def _take(self, most: int) -> _Batch | None:
+        """Up to ``most`` rows (and ``batch_size``) from the buffer, as a
+        batch of records.
 
         Their rows and bytes stay counted against the bounds until written.
         """
         rows: list[_Pending] = []
+        most = min(most, self.batch_size)
         with self._state_lock:
-            while self._pending and len(rows) < self.batch_size:
+            while self._pending and len(rows) < most:
                 rows.append(self._pending.popleft())
             self._in_flight += len(rows)
         if not rows:

@@ -162,6 +162,51 @@ def test_writer_batches_in_the_background(sqlite_store: SQLAlchemyKeyStore, key:
     assert requests_logged(sqlite_store, key.id) == 25
 
 
+class SlowSink:
+    """A sink whose every write takes a while, as a database's does."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.requests = 0
+
+    def record_usage(
+        self,
+        records: Sequence[UsageRecord],
+        *,
+        last_used: t.Any = None,
+        batch_id: str | None = None,
+    ) -> None:
+        threading.Event().wait(0.01)
+        self.writes += 1
+        self.requests += sum(record.requests for record in records)
+
+
+def test_under_a_steady_load_the_writer_writes_once_per_interval() -> None:
+    """Rows that come while a batch is written wait for the next interval:
+    a writer that wrote them at once would, under steady load, commit a
+    few rows at a time with hardly a pause, competing with the requests."""
+    sink = SlowSink()
+    writer = UsageWriter(sink, interval=0.25)
+    stop = threading.Event()
+
+    def requests() -> None:
+        while not stop.is_set():
+            writer.record("some-key", "GET", "/", 200, None)
+            stop.wait(0.0005)
+
+    client = threading.Thread(target=requests)
+    client.start()
+    stop.wait(1.5)
+    stop.set()
+    client.join()
+    writes_under_load = sink.writes
+    writer.close()
+    assert sink.requests == writer.written > 0
+    # About six intervals: a writer that drains as rows come writes
+    # every 10 ms, over a hundred times.
+    assert writes_under_load <= 12, writes_under_load
+
+
 def test_close_is_safe_twice_and_later_rows_are_counted_as_dropped(
     sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
 ) -> None:
