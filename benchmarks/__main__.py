@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             bench_ratelimit.under_gunicorn(
                 table,
-                f"sqlite:///{folder}/limits-server.db",
+                {"SQLite": f"sqlite:///{folder}/limits-server.db"}
+                | ({"PostgreSQL": postgres} if postgres else {}),
                 redis,
                 rounds=args.server_rounds,
                 requests=args.server_requests,

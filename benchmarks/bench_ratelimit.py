@@ -6,9 +6,10 @@ under gunicorn, with the counters in memory and in Redis.
   cheapest path, so the limit's share is the largest) without a limit, with
   one counted in memory, in Redis, and three limits at once in Redis; and
   the Redis round trips each request took, counted on the connection;
-- gunicorn (2 sync workers, the load of :mod:`benchmarks.load`): requests/s
-  of the same app in immediate and in channel mode, with a Redis-backed
-  limit on every key (high enough never to refuse) and without.
+- gunicorn (2 sync workers, the load of :mod:`benchmarks.load`), on SQLite
+  and on PostgreSQL when given: requests/s of the same app in immediate and
+  in channel mode, with a Redis-backed limit on every key (high enough never
+  to refuse) and without.
 """
 
 from __future__ import annotations
@@ -141,49 +142,62 @@ def in_process(
 
 
 def under_gunicorn(
-    table: Table, sqlite_url: str, redis_url: str, *, rounds: int, requests: int
+    table: Table, servers: dict[str, str], redis_url: str, *, rounds: int, requests: int
 ) -> None:
-    store = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=12)
-    store.create_schema()
-    issued = store.create_key("gunicorn rate limits")
-    store.close()
-    headers = {"Authorization": f"Bearer {issued.key}"}
+    """Each database of ``servers`` (a label and a URL, its tables made)
+    serves the four kinds, all measured round by round."""
+    env_of: dict[str, dict[str, str]] = {}
+    headers_of: dict[str, dict[str, str]] = {}
+    for label, url in servers.items():
+        store = SQLAlchemyKeyStore(url, bcrypt_rounds=12)
+        store.create_schema()
+        issued = store.create_key(f"gunicorn rate limits ({label})")
+        store.close()
+        env_of[label] = {"BENCH_DATABASE_URL": url, "BENCH_KEY_ID": issued.id}
+        headers_of[label] = {"Authorization": f"Bearer {issued.key}"}
+    kinds = ("wrapped", "wrapped+limit", "channel", "channel+limit")
     with _prefix(redis_url) as prefix, contextlib.ExitStack() as stack:
-        env = {
-            "BENCH_DATABASE_URL": sqlite_url,
-            "BENCH_KEY_ID": issued.id,
+        limit_env = {
             "BENCH_RATE_LIMIT": LIMIT,
             "BENCH_RATE_LIMIT_STORAGE": redis_url,
             "BENCH_RATE_LIMIT_PREFIX": prefix,
         }
-        kinds = ("wrapped", "wrapped+limit", "channel", "channel+limit")
-        ports = {kind: stack.enter_context(serving(kind, env)) for kind in kinds}
-        for kind, port in ports.items():
-            warm = load(port, "/hello", headers, total=400)
+        ports = {
+            (label, kind): stack.enter_context(serving(kind, env_of[label] | limit_env))
+            for label in servers
+            for kind in kinds
+        }
+        for (label, kind), port in ports.items():
+            warm = load(port, "/hello", headers_of[label], total=400)
             if set(warm.statuses) != {200}:
-                raise SystemExit(f"rate limits, {kind}: answered {warm.statuses}, not 200")
-        results: dict[str, list[LoadResult]] = {kind: [] for kind in kinds}
+                raise SystemExit(f"rate limits, {label} {kind}: answered {warm.statuses}, not 200")
+        results: dict[tuple[str, str], list[LoadResult]] = {served: [] for served in ports}
         for number in range(rounds):
             print(f"  rate limits, gunicorn round {number + 1}/{rounds}", end="\r", flush=True)
-            for kind, port in ports.items():
+            for (label, kind), port in ports.items():
+                headers = headers_of[label]
                 if GENERATOR == "wrk":
                     seconds = max(1, round(requests / 2000))
-                    results[kind].append(wrk(port, "/hello", headers, seconds=seconds))
+                    results[label, kind].append(wrk(port, "/hello", headers, seconds=seconds))
                 else:
-                    results[kind].append(load(port, "/hello", headers, total=requests))
+                    results[label, kind].append(load(port, "/hello", headers, total=requests))
         print()
-    rates = {kind: [r.rate for r in runs] for kind, runs in results.items()}
-    for kind, runs in results.items():
-        name = f"gunicorn (SQLite), {kind.replace('+limit', ' + a limit in Redis')}"
-        table.figure(SECTION, f"{name}: req/s", rates[kind], "req/s")
+    rates = {served: [r.rate for r in runs] for served, runs in results.items()}
+    for (label, kind), runs in results.items():
+        name = f"gunicorn ({label}), {kind.replace('+limit', ' + a limit in Redis')}"
+        table.figure(SECTION, f"{name}: req/s", rates[label, kind], "req/s")
         table.figure(SECTION, f"{name}: p99", [r.percentile(0.99) * 1e3 for r in runs], "ms")
-    for mode in ("wrapped", "channel"):
-        label = "immediate" if mode == "wrapped" else "channel mode"
-        table.ratio(
-            SECTION,
-            f"gunicorn req/s, a Redis limit on every key / none ({label})",
-            paired(rates[f"{mode}+limit"], rates[mode]),
-            ">= 0.85",
-        )
-    medians = {kind: statistics.median(values) for kind, values in rates.items()}
+    for label in servers:
+        for mode in ("wrapped", "channel"):
+            mode_name = "immediate" if mode == "wrapped" else "channel mode"
+            table.ratio(
+                SECTION,
+                f"gunicorn req/s, a Redis limit on every key / none ({label}, {mode_name})",
+                paired(rates[label, f"{mode}+limit"], rates[label, mode]),
+                ">= 0.85",
+            )
+    medians = {
+        f"{label} {kind}": round(statistics.median(values))
+        for (label, kind), values in rates.items()
+    }
     print(f"  rate limits under gunicorn: {medians}")
