@@ -3,7 +3,9 @@
 - in-process, the defaults (usage log on, the store's default revocation)
   with the writer's thread running beside the requests and each round's
   last rows written inside the timed round: against the floor (bare Flask
-  + one Core ``SELECT``), and usage log on against off;
+  + one Core ``SELECT``), and usage log on against off. A round lasts about
+  one writer interval (1 s), so that it holds the one write a second the
+  writer makes under load, not one write per few hundred requests;
 - under gunicorn (2 workers), usage log on against off, immediate and
   channel mode;
 - the writer's throughput in requests logged per second, one client on one
@@ -28,6 +30,8 @@ from .bench_server import serving
 from .load import GENERATOR, load, wrk
 
 SECTION = "usage log"
+#: Seconds between the usage writer's writes, by default.
+WRITER_INTERVAL = 1.0
 
 
 def in_process(table: Table, databases: dict[str, str], *, rounds: int, requests: int) -> None:
@@ -70,11 +74,17 @@ def in_process(table: Table, databases: dict[str, str], *, rounds: int, requests
     for variant in everything:
         variant.check()
         variant.run_round()
+    for group in variants.values():
+        per_round = max(requests, round(WRITER_INTERVAL / (group["off"].median * 1e-6)))
+        for variant in group.values():
+            variant.requests = per_round
+    for variant in everything:
         variant.samples.clear()
         variant.finish_samples.clear()
     for number in range(rounds):
         print(f"  usage in-process round {number + 1}/{rounds}", end="\r", flush=True)
-        for variant in everything:
+        # Every other round backwards: no variant always runs after the same one.
+        for variant in everything if number % 2 == 0 else everything[::-1]:
             variant.run_round()
     print()
     for middleware in middlewares:
