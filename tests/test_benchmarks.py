@@ -78,4 +78,6 @@ def test_the_benchmark_suite_runs_and_prints_one_table() -> None:
         assert "p99 ms accepted after a plain SQL UPDATE (PostgreSQL, trigger)" in out
     if env["APIKEY_BENCH_REDIS_URL"]:
         assert "Redis round trips per request, three limits" in out
-        assert "gunicorn req/s, a Redis limit on every key / none (immediate)" in out
+        assert "gunicorn req/s, a Redis limit on every key / none (SQLite, immediate)" in out
+        if env["APIKEY_BENCH_POSTGRES_URL"]:
+            assert "a Redis limit on every key / none (PostgreSQL, channel mode)" in out
