@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import typing as t
 import urllib.parse
+from datetime import datetime
 
 from .keys import redact_keys
 from .schema import MAX_PATH_LENGTH
 
 if t.TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from datetime import datetime
 
 
 class UsageRecord(t.NamedTuple):
