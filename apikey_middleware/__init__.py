@@ -28,8 +28,8 @@ from .schema import UTCDateTime as UTCDateTime
 from .schema import metadata as metadata
 from .store import SQLAlchemyKeyStore as SQLAlchemyKeyStore
 from .throttle import FailureThrottle as FailureThrottle
-from .usage import UsageRecord as UsageRecord
 from .usage import UsageWriter as UsageWriter
+from .usage_records import UsageRecord as UsageRecord
 
 __all__ = [
     "AlreadyRotatedError",

@@ -4,7 +4,7 @@
 put another store behind :class:`~apikey_middleware.middleware.ApiKeyMiddleware`
 (keys from a secrets manager, a remote service, a fixed set for tests),
 give it an ``authenticate`` with this contract, and, to keep the usage log
-on, a ``record_usage`` (see :class:`~apikey_middleware.usage.UsageSink`).
+on, a ``record_usage`` (see :class:`~apikey_middleware.usage_records.UsageSink`).
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ from .keys import KEY_TYPES
 from .principal import Principal
 from .ratelimit import Quota, RateLimiter
 from .throttle import FailureThrottle
-from .usage import UsageSink, UsageWriter
+from .usage import UsageWriter
+from .usage_records import UsageSink
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment

@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 import typing as t
-import urllib.parse
 import weakref
 from collections import deque
 from datetime import UTC, datetime, timedelta
@@ -32,45 +31,12 @@ from sqlalchemy import exc
 from ._checks import integer, number
 from ._lru import LRUCache
 from ._time import utcnow
-from .keys import redact_keys
 from .schema import MAX_PATH_LENGTH
-
-if t.TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+from .usage_records import UsageRecord as UsageRecord
+from .usage_records import UsageSink as UsageSink
+from .usage_records import stored_path
 
 logger = logging.getLogger("apikey_middleware")
-
-
-class UsageRecord(t.NamedTuple):
-    """Logged requests of a key: one, or ``requests`` identical ones (same
-    method, path, status and address) in the minute of ``occurred_at``,
-    the first of them.
-
-    A named tuple in the column order of the usage table, so that a batch
-    of them goes to the database as it is.
-    """
-
-    key_id: str
-    occurred_at: datetime
-    method: str
-    path: str
-    status: int
-    remote_addr: str | None
-    requests: int = 1
-
-
-class UsageSink(t.Protocol):
-    """Where a :class:`UsageWriter` writes: a key store, or anything with
-    the same ``record_usage``. ``batch_id`` names the batch: a batch given
-    again with an id already written must not be counted again."""
-
-    def record_usage(
-        self,
-        records: Sequence[UsageRecord],
-        *,
-        last_used: Mapping[str, datetime] | None = None,
-        batch_id: str | None = None,
-    ) -> None: ...
 
 
 class _Batch(t.NamedTuple):
@@ -98,21 +64,6 @@ MAX_ADDRESS_LENGTH = 64
 #: per minute and process (for the last 4096 keys refused); the rest are
 #: logged as ``*`` ``*``.
 REFUSED_TARGETS = 20
-
-
-# What stays as it is in a stored path: RFC 3986's path characters.
-_PATH_SAFE = "/!$&'()*+,;=:@~"
-
-
-def stored_path(raw: str) -> str:
-    """A raw ``PATH_INFO`` as the usage log keeps it: percent-encoded to
-    ASCII (no control character, no character a database may refuse) and
-    with anything shaped like a key masked, cut to the column's size."""
-    try:
-        octets = raw.encode("latin-1")
-    except UnicodeEncodeError:  # not a WSGI string: given directly
-        octets = raw.encode("utf-8", "surrogatepass")
-    return redact_keys(urllib.parse.quote(octets, safe=_PATH_SAFE))[:MAX_PATH_LENGTH]
 
 
 def _cause(error: Exception) -> str:

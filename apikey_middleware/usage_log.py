@@ -37,7 +37,7 @@ from .schema import (
     rollups_table,
     usage_table,
 )
-from .usage import UsageRecord
+from .usage_records import UsageRecord
 
 _USAGE_COLUMNS = (
     "key_id",

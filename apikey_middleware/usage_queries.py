@@ -15,8 +15,8 @@ from sqlalchemy.engine import Engine
 from ._engine import SharedConnectionPool
 from ._time import moment
 from .buckets import Bucket, UsageBucket
-from .usage import UsageRecord
 from .usage_log import UsageLog
+from .usage_records import UsageRecord
 
 
 class UsageQueries:

@@ -20,7 +20,7 @@ from ..ratelimit import check_rate_limit
 from ..records import KeyRecord
 from ..scan import printable
 from ..store import SQLAlchemyKeyStore
-from ..usage import UsageRecord
+from ..usage_records import UsageRecord
 
 DEFAULT_DATABASE_URL = "sqlite:///apikeys.db"
 STORE_FACTORY = "apikey_middleware.store_factory"
