@@ -3,7 +3,9 @@
 For gunicorn: ``gunicorn 'benchmarks.apps:create_app("floor")'`` with
 ``BENCH_DATABASE_URL`` and ``BENCH_KEY_ID`` set; the ``+limit`` kinds count
 a rate limit on every key (``BENCH_RATE_LIMIT``) in ``BENCH_RATE_LIMIT_STORAGE``
-under ``BENCH_RATE_LIMIT_PREFIX``.
+under ``BENCH_RATE_LIMIT_PREFIX``, and the ``+flask-limiter`` kinds count the
+same limit per key with Flask-Limiter instead, in the same storage: the
+obvious alternative.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ KINDS = (
     "channel+log",
     "wrapped+limit",
     "channel+limit",
+    "wrapped+flask-limiter",
+    "channel+flask-limiter",
 )
 
 
@@ -46,6 +50,25 @@ def hello_app() -> Flask:
     def health() -> str:
         return "ok"
 
+    return app
+
+
+def flask_limited_app(limit: str, storage: str, prefix: str) -> Flask:
+    """The hello view with Flask-Limiter counting ``limit`` per key id (the
+    middleware's principal), fixed window, with its rate limit headers."""
+    from flask import request
+    from flask_limiter import Limiter
+
+    app = hello_app()
+    Limiter(
+        lambda: request.environ["apikey.principal"].key_id,
+        app=app,
+        default_limits=[limit],
+        storage_uri=storage,
+        key_prefix=prefix,
+        strategy="fixed-window",
+        headers_enabled=True,
+    )
     return app
 
 
@@ -97,8 +120,17 @@ def create_app(kind: str) -> WSGIApplication:
     )
     store = SQLAlchemyKeyStore(url, revocation=revocation)
     limited = kind.endswith("+limit")
+    inner = (
+        flask_limited_app(
+            os.environ["BENCH_RATE_LIMIT"],
+            os.environ["BENCH_RATE_LIMIT_STORAGE"],
+            os.environ["BENCH_RATE_LIMIT_PREFIX"],
+        )
+        if kind.endswith("+flask-limiter")
+        else hello_app()
+    )
     return ApiKeyMiddleware(
-        hello_app().wsgi_app,
+        inner.wsgi_app,
         store,
         rules=[("GET", "/admin", "admin")],
         public=["/health"],

@@ -9,7 +9,8 @@ under gunicorn, with the counters in memory and in Redis.
 - gunicorn (2 sync workers, the load of :mod:`benchmarks.load`), on SQLite
   and on PostgreSQL when given: requests/s of the same app in immediate and
   in channel mode, with a Redis-backed limit on every key (high enough never
-  to refuse) and without.
+  to refuse), without, and with the same limit counted by Flask-Limiter in
+  the same Redis (the obvious alternative) instead.
 """
 
 from __future__ import annotations
@@ -155,7 +156,14 @@ def under_gunicorn(
         store.close()
         env_of[label] = {"BENCH_DATABASE_URL": url, "BENCH_KEY_ID": issued.id}
         headers_of[label] = {"Authorization": f"Bearer {issued.key}"}
-    kinds = ("wrapped", "wrapped+limit", "channel", "channel+limit")
+    kinds = (
+        "wrapped",
+        "wrapped+limit",
+        "wrapped+flask-limiter",
+        "channel",
+        "channel+limit",
+        "channel+flask-limiter",
+    )
     with _prefix(redis_url) as prefix, contextlib.ExitStack() as stack:
         limit_env = {
             "BENCH_RATE_LIMIT": LIMIT,
@@ -184,7 +192,8 @@ def under_gunicorn(
         print()
     rates = {served: [r.rate for r in runs] for served, runs in results.items()}
     for (label, kind), runs in results.items():
-        name = f"gunicorn ({label}), {kind.replace('+limit', ' + a limit in Redis')}"
+        shown = kind.replace("+limit", " + a limit in Redis")
+        name = f"gunicorn ({label}), {shown.replace('+flask-limiter', ' + Flask-Limiter')}"
         table.figure(SECTION, f"{name}: req/s", rates[label, kind], "req/s")
         table.figure(SECTION, f"{name}: p99", [r.percentile(0.99) * 1e3 for r in runs], "ms")
     for label in servers:
@@ -195,6 +204,11 @@ def under_gunicorn(
                 f"gunicorn req/s, a Redis limit on every key / none ({label}, {mode_name})",
                 paired(rates[label, f"{mode}+limit"], rates[label, mode]),
                 ">= 0.85",
+            )
+            table.ratio(
+                SECTION,
+                f"gunicorn req/s, the limit counted here / by Flask-Limiter ({label}, {mode_name})",
+                paired(rates[label, f"{mode}+limit"], rates[label, f"{mode}+flask-limiter"]),
             )
     medians = {
         f"{label} {kind}": round(statistics.median(values))
