@@ -5,7 +5,8 @@ For gunicorn: ``gunicorn 'benchmarks.apps:create_app("floor")'`` with
 a rate limit on every key (``BENCH_RATE_LIMIT``) in ``BENCH_RATE_LIMIT_STORAGE``
 under ``BENCH_RATE_LIMIT_PREFIX``, and the ``+flask-limiter`` kinds count the
 same limit per key with Flask-Limiter instead, in the same storage: the
-obvious alternative.
+obvious alternative; the ``+ping`` kinds send one Redis ``PING`` a request
+and count nothing: the least any shared count can cost.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ KINDS = (
     "channel+limit",
     "wrapped+flask-limiter",
     "channel+flask-limiter",
+    "wrapped+ping",
+    "channel+ping",
 )
 
 
@@ -69,6 +72,21 @@ def flask_limited_app(limit: str, storage: str, prefix: str) -> Flask:
         strategy="fixed-window",
         headers_enabled=True,
     )
+    return app
+
+
+def pinging_app(storage: str) -> Flask:
+    """The hello view sending one Redis ``PING`` first: a round trip to the
+    storage, without counting anything."""
+    import redis
+
+    client = redis.Redis.from_url(storage)
+    app = hello_app()
+
+    @app.before_request
+    def ping() -> None:
+        client.ping()
+
     return app
 
 
@@ -127,6 +145,8 @@ def create_app(kind: str) -> WSGIApplication:
             os.environ["BENCH_RATE_LIMIT_PREFIX"],
         )
         if kind.endswith("+flask-limiter")
+        else pinging_app(os.environ["BENCH_RATE_LIMIT_STORAGE"])
+        if kind.endswith("+ping")
         else hello_app()
     )
     return ApiKeyMiddleware(

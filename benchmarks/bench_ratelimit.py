@@ -9,8 +9,9 @@ under gunicorn, with the counters in memory and in Redis.
 - gunicorn (2 sync workers, the load of :mod:`benchmarks.load`), on SQLite
   and on PostgreSQL when given: requests/s of the same app in immediate and
   in channel mode, with a Redis-backed limit on every key (high enough never
-  to refuse), without, and with the same limit counted by Flask-Limiter in
-  the same Redis (the obvious alternative) instead.
+  to refuse), without, with the same limit counted by Flask-Limiter in the
+  same Redis (the obvious alternative) instead, and with one Redis ``PING``
+  a request and no count (the least one round trip costs).
 """
 
 from __future__ import annotations
@@ -160,9 +161,11 @@ def under_gunicorn(
         "wrapped",
         "wrapped+limit",
         "wrapped+flask-limiter",
+        "wrapped+ping",
         "channel",
         "channel+limit",
         "channel+flask-limiter",
+        "channel+ping",
     )
     with _prefix(redis_url) as prefix, contextlib.ExitStack() as stack:
         limit_env = {
@@ -193,7 +196,8 @@ def under_gunicorn(
     rates = {served: [r.rate for r in runs] for served, runs in results.items()}
     for (label, kind), runs in results.items():
         shown = kind.replace("+limit", " + a limit in Redis")
-        name = f"gunicorn ({label}), {shown.replace('+flask-limiter', ' + Flask-Limiter')}"
+        shown = shown.replace("+flask-limiter", " + Flask-Limiter")
+        name = f"gunicorn ({label}), {shown.replace('+ping', ' + a Redis PING')}"
         table.figure(SECTION, f"{name}: req/s", rates[label, kind], "req/s")
         table.figure(SECTION, f"{name}: p99", [r.percentile(0.99) * 1e3 for r in runs], "ms")
     for label in servers:
@@ -209,6 +213,11 @@ def under_gunicorn(
                 SECTION,
                 f"gunicorn req/s, the limit counted here / by Flask-Limiter ({label}, {mode_name})",
                 paired(rates[label, f"{mode}+limit"], rates[label, f"{mode}+flask-limiter"]),
+            )
+            table.ratio(
+                SECTION,
+                f"gunicorn req/s, a Redis PING a request / none ({label}, {mode_name})",
+                paired(rates[label, f"{mode}+ping"], rates[label, mode]),
             )
     medians = {
         f"{label} {kind}": round(statistics.median(values))
