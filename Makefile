@@ -31,7 +31,7 @@ test_GROUPS := lint docs bench
 # that `make run` after `make test` installs nothing.
 docs_CONTAINS := run
 fuzz_CONTAINS := run
-lint_CONTAINS := run fuzz
+lint_CONTAINS := run fuzz bench
 bench_CONTAINS := run
 test_CONTAINS := run docs fuzz lint bench
 
