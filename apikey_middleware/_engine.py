@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sqlite3
 import threading
+import time
 import typing as t
 
 import sqlalchemy as sa
@@ -16,15 +18,37 @@ from sqlalchemy.pool import StaticPool
 from ._watchdog import StatementWatchdog
 
 
-def _sqlite_on_connect(dbapi_connection: t.Any, connection_record: t.Any) -> None:
-    # WAL lets readers go on while a revoke writes; foreign keys are off in
-    # SQLite unless asked for.
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-    finally:
-        cursor.close()
+def _sqlite_setup(timeout: float) -> t.Callable[[t.Any, t.Any], None]:
+    """What each new SQLite connection runs first."""
+
+    def on_connect(dbapi_connection: t.Any, connection_record: t.Any) -> None:
+        # WAL lets readers go on while a revoke writes; foreign keys are off
+        # in SQLite unless asked for.
+        cursor = dbapi_connection.cursor()
+        try:
+            _wal(cursor, timeout)
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    return on_connect
+
+
+def _wal(cursor: t.Any, timeout: float) -> None:
+    """Put the file in WAL mode (it stays so). Switching needs the file to
+    itself and answers "locked" at once, without the busy timeout: workers
+    that open a new file together try again until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 class SharedConnectionPool(StaticPool):
@@ -140,7 +164,7 @@ def create_store_engine(url: str | sa.URL, *, timeout: float = 5.0) -> Engine:
     if isinstance(engine.pool, SharedConnectionPool):
         engine.pool.timeout = timeout
     elif backend == "sqlite":
-        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "connect", _sqlite_setup(timeout))
     elif backend == "postgresql":
         # A little after the server's own timeouts, which end a statement
         # more gently (the connection survives).

@@ -285,11 +285,20 @@ def _one_at_a_time(connection: Connection) -> Iterator[None]:
             connection.scalar(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
     elif dialect == "sqlite":
         # The driver starts no transaction for DDL: take SQLite's write lock
-        # by hand, unless the caller's transaction already holds one.
+        # by hand, unless the caller's transaction already holds one, and end
+        # what was begun here (on an autocommit connection nothing else would).
         driver = connection.connection.driver_connection
-        if not getattr(driver, "in_transaction", True):
+        began = not getattr(driver, "in_transaction", True)
+        if began:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-        yield
+        try:
+            yield
+        except BaseException:
+            if began and getattr(driver, "in_transaction", False):
+                connection.exec_driver_sql("ROLLBACK")
+            raise
+        if began and getattr(driver, "in_transaction", False):
+            connection.exec_driver_sql("COMMIT")
     else:
         yield
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import bcrypt
 import pytest
@@ -13,6 +16,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from apikey_middleware import InvalidKeyError
+from apikey_middleware._engine import create_store_engine
 from apikey_middleware._time import utcnow
 from apikey_middleware.cli import main
 from apikey_middleware.hashing import KeyHasher
@@ -174,3 +178,40 @@ def test_workers_that_all_create_the_schema_at_start_up_all_start(
     outputs = [racer.communicate(timeout=120)[0] for racer in racers]
     failed = [output for racer, output in zip(racers, outputs, strict=True) if racer.returncode]
     assert not failed, failed[0]
+
+
+def test_the_upgrade_on_an_autocommit_sqlite_connection_keeps_its_tables(tmp_path: Path) -> None:
+    """The SQLite write lock the upgrade takes is its own to end: on an
+    autocommit connection nothing else commits it, and the tables would go
+    with the connection, the file locked meanwhile."""
+    url = f"sqlite:///{tmp_path / 'autocommit.db'}"
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        upgrade(connection)
+        other = sqlite3.connect(tmp_path / "autocommit.db", timeout=0.1)
+        other.execute("CREATE TABLE other_writer (id INTEGER)")  # not locked out
+        other.close()
+    engine.dispose()
+    assert set(metadata.tables) <= set(sa.inspect(sa.create_engine(url)).get_table_names())
+
+
+def test_a_new_sqlite_file_opened_by_many_at_once_waits_for_wal(tmp_path: Path) -> None:
+    """Switching a file to WAL needs it to itself and answers "locked" at
+    once, without SQLite's busy timeout: workers opening a new file together
+    wait their turn instead of failing."""
+    path = tmp_path / "new.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (id INTEGER)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO t VALUES (1)")
+    release = threading.Timer(0.5, holder.execute, ["COMMIT"])
+    release.start()
+    engine = create_store_engine(f"sqlite:///{path}", timeout=10)
+    try:
+        with engine.connect() as connection:
+            mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
+    finally:
+        engine.dispose()
+        release.join()
+        holder.close()
+    assert mode == "wal"
