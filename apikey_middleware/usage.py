@@ -400,10 +400,24 @@ class UsageWriter:
         return []
 
     def close(self) -> None:
-        """Flush and stop the writer thread; safe to call twice."""
+        """Flush and stop the writer thread; safe to call twice. Rows that
+        could not be written by then are counted as dropped, and said so."""
         self._closed = True
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=max(5.0, self.interval * 2))
         self.flush()
+        with self._write_lock:
+            lost = sum(batch.requests for batch in self._retry)
+            for batch in self._retry:
+                self._done(batch, dropped=batch.requests)
+            self._retry = []
+            with self._state_lock:
+                # Left in the buffer when a failed write stopped the flush.
+                lost += len(self._pending)
+                self.dropped += len(self._pending)
+                self._pending.clear()
+                self._pending_bytes = 0
+        if lost:
+            logger.error("usage log closed with %d rows it could not write: they are lost", lost)

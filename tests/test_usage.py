@@ -460,3 +460,24 @@ def test_what_refused_requests_leave_in_memory_is_bounded(sqlite_store: SQLAlche
     assert writer.pending == 10
     assert grown < 10_000_000, grown  # 2,000 keys x 20 paths of 1 KB would be 40 MB
     writer.close()
+
+
+def test_rows_that_cannot_be_written_by_close_are_counted_as_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every recorded row ends written or dropped: rows a failing database
+    kept back are not left uncounted when the writer closes."""
+
+    class Away:
+        def record_usage(self, records: Sequence[UsageRecord], **options: t.Any) -> None:
+            raise sa.exc.OperationalError("INSERT", {}, ConnectionError("database away"))
+
+    writer = UsageWriter(Away(), batch_size=100, interval=0.05)
+    for number in range(1000):
+        writer.record("some-key", "GET", f"/path/{number}", 200, None)
+    caplog.set_level(logging.ERROR, logger="apikey_middleware")
+    writer.close()
+    assert writer.written + writer.dropped == 1000
+    assert writer.pending == 0
+    assert writer.pending_bytes == 0
+    assert "1000 rows it could not write" in caplog.text
