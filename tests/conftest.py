@@ -9,6 +9,7 @@ of their own prefix and delete them afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -61,6 +62,18 @@ def _no_settings_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@contextlib.contextmanager
+def emptied(url: str | sa.URL) -> Iterator[None]:
+    """The store's tables of a database server dropped before and after."""
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    metadata.drop_all(engine)
+    try:
+        yield
+    finally:
+        metadata.drop_all(engine)
+        engine.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database on each backend; its tables are dropped afterwards."""
@@ -68,13 +81,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{tmp_path / 'keys.db'}"
         return
     url = server_url(request.param)
-    engine = sa.create_engine(url)
-    metadata.drop_all(engine)
-    engine.dispose()
-    yield url
-    engine = sa.create_engine(url)
-    metadata.drop_all(engine)
-    engine.dispose()
+    with emptied(url):
+        yield url
 
 
 @pytest.fixture
@@ -99,21 +107,15 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[SQLAlchemyKeyStore]:
+def store(database_url: str, store_factory: StoreFactory) -> SQLAlchemyKeyStore:
     """A ready store on each backend, with cheap bcrypt."""
-    key_store = SQLAlchemyKeyStore(database_url, bcrypt_rounds=TEST_ROUNDS)
-    key_store.create_schema()
-    yield key_store
-    key_store.close()
+    return store_factory(database_url)
 
 
 @pytest.fixture
-def sqlite_store(sqlite_url: str) -> Iterator[SQLAlchemyKeyStore]:
+def sqlite_store(store_factory: StoreFactory) -> SQLAlchemyKeyStore:
     """A ready store on SQLite only, for tests about HTTP rather than storage."""
-    key_store = SQLAlchemyKeyStore(sqlite_url, bcrypt_rounds=TEST_ROUNDS)
-    key_store.create_schema()
-    yield key_store
-    key_store.close()
+    return store_factory()
 
 
 class Statements:

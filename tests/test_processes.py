@@ -16,11 +16,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
-from apikey_middleware.schema import metadata
-
-from .conftest import server_url
+from .conftest import emptied, server_url
 from .servers import Gunicorn, apikey, gunicorn, request
 
 pytestmark = pytest.mark.slow
@@ -35,11 +32,8 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'shared.db'}"
         return
     url = server_url("postgresql")
-    engine = sa.create_engine(url)
-    metadata.drop_all(engine)
-    yield url
-    metadata.drop_all(engine)
-    engine.dispose()
+    with emptied(url):
+        yield url
 
 
 def new_key(output: str) -> tuple[str, str]:

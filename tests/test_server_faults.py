@@ -29,7 +29,7 @@ from apikey_middleware.usage import UsageWriter
 from examples import legacy_app
 
 from . import server_databases
-from .conftest import TEST_ROUNDS, StoreFactory, server_url, wait_until
+from .conftest import TEST_ROUNDS, StoreFactory, emptied, server_url, wait_until
 from .pool_app import POOL_TIMEOUT
 from .servers import Gunicorn, TcpProxy, gunicorn, request
 
@@ -87,13 +87,10 @@ def seed_key(url: str) -> str:
 @pytest.fixture
 def proxied_postgres() -> Iterator[tuple[TcpProxy, str]]:
     url = sa.make_url(server_url("postgresql"))
-    engine = sa.create_engine(url, poolclass=sa.NullPool)
-    metadata.drop_all(engine)
-    proxy = TcpProxy(url.port or 5432)
-    yield proxy, url.set(port=proxy.port).render_as_string(hide_password=False)
-    proxy.close()
-    metadata.drop_all(engine)
-    engine.dispose()
+    with emptied(url):
+        proxy = TcpProxy(url.port or 5432)
+        yield proxy, url.set(port=proxy.port).render_as_string(hide_password=False)
+        proxy.close()
 
 
 def test_postgres_outages_fail_closed_and_recover_without_restart(
