@@ -66,14 +66,20 @@ def duration_option(
 
 
 def rate_limit_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
+    return checked_rate_limit(value, ctx, param)
+
+
+def checked_rate_limit(
+    value: str | None, ctx: click.Context | None = None, param: click.Parameter | None = None
+) -> str | None:
+    """``value`` as :func:`~apikey_middleware.ratelimit.check_rate_limit`
+    gives it back, or a ``BadParameter`` for ``--rate-limit``."""
     try:
         return check_rate_limit("rate limit", value)
     except ValueError as error:
         # Click names the option already.
         message = str(error).removeprefix("rate limit: ")
-        raise click.BadParameter(message, ctx, param) from None
+        raise click.BadParameter(message, ctx, param, param_hint="'--rate-limit'") from None
 
 
 def shown(text: str | None) -> str:

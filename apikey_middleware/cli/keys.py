@@ -16,9 +16,9 @@ from click.core import ParameterSource
 from .. import leaks
 from .._time import utcnow
 from ..keys import KEY_TYPES
-from ..ratelimit import check_rate_limit
 from ..records import IssuedKey, KeyRecord
 from ._common import (
+    checked_rate_limit,
     duration_option,
     expiry_option,
     get_record,
@@ -307,11 +307,7 @@ def update(
         changes["expires_at"] = expiry
     if rate_limit is not None:
         limit = None if rate_limit.strip().lower() == "none" else rate_limit
-        try:
-            changes["rate_limit"] = check_rate_limit("rate limit", limit)
-        except ValueError as error:
-            message = str(error).removeprefix("rate limit: ")
-            raise click.BadParameter(message, param_hint="'--rate-limit'") from None
+        changes["rate_limit"] = checked_rate_limit(limit)
     if not changes:
         raise click.UsageError("nothing to change: give --name, --scope, an expiry or --rate-limit")
     record = store().update_key(record.id, **changes)
