@@ -304,12 +304,12 @@ class UsageWriter:
             due = len(self._pending)
             while True:
                 if self._retry:
-                    batch: _Batch | None = self._retry.pop(0)
+                    batch = self._retry.pop(0)
                 else:
-                    batch = self._take(due)
-                    due -= 0 if batch is None else batch.requests
-                if batch is None:
-                    break
+                    taken = self._take(due)
+                    if taken is None:
+                        break
+                    batch, due = taken, due - taken.requests
                 unwritten = self._write(batch)
                 if unwritten:
                     # The same rows with the same ids, first, next time.
