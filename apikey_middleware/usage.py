@@ -1,15 +1,16 @@
 """The usage log writer: requests are logged off the request thread, in batches.
 
-A request only appends a tuple to a bounded buffer. A background thread
-writes the buffer to the store every ``interval`` seconds, or sooner once
-``batch_size`` rows are waiting. Identical requests of a batch (same key,
-method, path, status and address, in the same minute) become one record
-that says how many they were, so a client calling one endpoint many times a
-minute costs one row. What cannot be buffered (the database is away for
-long and the buffer is full) is dropped, counted and reported through
-:mod:`logging`; a failed write is retried on the next flush, as the same
-batch with the same id, so that a write that committed but whose answer
-was lost is not counted twice. Nothing here can fail a request.
+A request only counts itself in a bounded buffer: identical requests (same
+key, method, path, status and address, in the same minute) share one
+buffered row that says how many they were, so a client calling one
+endpoint many times a minute costs one row, and one dictionary lookup per
+request. A background thread writes the buffer to the store every
+``interval`` seconds, or sooner once ``batch_size`` rows are waiting. What
+cannot be buffered (the database is away for long and the buffer is full)
+is dropped, counted and reported through :mod:`logging`; a failed write is
+retried on the next flush, as the same batch with the same id, so that a
+write that committed but whose answer was lost is not counted twice.
+Nothing here can fail a request.
 """
 
 from __future__ import annotations
@@ -17,14 +18,10 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import secrets
-import sys
 import threading
 import time
-import typing as t
 import weakref
-from collections import deque
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import exc
 
@@ -32,32 +29,13 @@ from ._checks import integer, number
 from ._lru import LRUCache
 from ._time import utcnow
 from .schema import MAX_PATH_LENGTH
+from .usage_records import Batch, Group, batches_of, size_of
 from .usage_records import UsageRecord as UsageRecord
 from .usage_records import UsageSink as UsageSink
-from .usage_records import stored_path
 
 logger = logging.getLogger("apikey_middleware")
 
 
-class _Batch(t.NamedTuple):
-    """Requests taken from the buffer, made into records, ready to write
-    (and to write again, the same, after a failure)."""
-
-    id: str
-    records: list[UsageRecord]
-    last_used: dict[str, datetime]
-    requests: int  # buffered rows it stands for
-    size: int  # their bytes in the buffer's count
-
-
-# A logged request as the request thread leaves it: the time as a float, made
-# into a datetime only when the writer writes it, and whether the key was
-# accepted (only those move last_used_at).
-_Pending = tuple[str, float, str, str, int, str | None, bool]
-
-# What a buffered row costs beyond its strings: the tuple, its float, int
-# and bool, and the strings' own headers (CPython, 64-bit, roughly).
-_ROW_OVERHEAD = 250
 MAX_METHOD_LENGTH = 16
 MAX_ADDRESS_LENGTH = 64
 #: Distinct methods and paths of a key's refused requests logged as they are,
@@ -73,20 +51,6 @@ def _cause(error: Exception) -> str:
     return (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
 
 
-def _halves(batch: _Batch) -> tuple[_Batch, _Batch]:
-    """A batch cut in two, each with an id of its own."""
-    middle = len(batch.records) // 2
-    parts = batch.records[:middle], batch.records[middle:]
-    counts = [sum(record.requests for record in part) for part in parts]
-    first_size = batch.size * counts[0] // batch.requests
-    return (
-        _Batch(secrets.token_hex(16), parts[0], batch.last_used, counts[0], first_size),
-        _Batch(
-            secrets.token_hex(16), parts[1], batch.last_used, counts[1], batch.size - first_size
-        ),
-    )
-
-
 def _call_if_alive(reference: weakref.ref[UsageWriter], method: str) -> None:
     writer = reference()
     if writer is not None:
@@ -97,8 +61,9 @@ class UsageWriter:
     """Buffers usage rows and writes them to ``store`` in batches.
 
     :param store: where the rows go (its ``record_usage``).
-    :param max_pending: the most rows held in memory; more are dropped and
-        counted.
+    :param max_pending: the most rows held in memory (identical requests
+        of a minute are one row); requests that would make more are dropped
+        and counted.
     :param max_pending_bytes: the most memory those rows may take, roughly;
         method, path and address are cut to their column sizes when a row
         is recorded, so a long path cannot make a row large.
@@ -139,13 +104,15 @@ class UsageWriter:
         self.dropped = 0
         #: Rows written (requests logged), since the start.
         self.written = 0
-        self._pending: deque[_Pending] = deque()
+        self._groups: dict[Group, list[float]] = {}
         # Per key id: the minute, and the refused methods and paths seen in it.
         # Hashes, not the strings: this memory is outside the buffer's bounds.
         self._refused: LRUCache[str, tuple[int, set[int]]] = LRUCache(4096)
-        self._pending_bytes = 0  # of the buffer and of the batch in flight
-        self._in_flight = 0  # rows taken from the buffer for a write not yet done
-        self._retry: list[_Batch] = []  # batches whose write failed, in order
+        self._pending_bytes = 0  # of the buffer and of the batches in flight
+        # Taken from the buffer for a write not yet done: requests, and rows.
+        self._in_flight = 0
+        self._in_flight_rows = 0
+        self._retry: list[Batch] = []  # batches whose write failed, in order
         self._next_prune = 0.0  # time.monotonic() of the next pruning
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
@@ -165,8 +132,13 @@ class UsageWriter:
 
     @property
     def pending(self) -> int:
-        """Rows buffered and not yet written (a write under way included)."""
-        return len(self._pending) + self._in_flight
+        """Requests logged and not yet written (a write under way included)."""
+        with self._state_lock:
+            return self._buffered() + self._in_flight
+
+    def _buffered(self) -> int:
+        """Requests the buffered rows stand for (under the state lock)."""
+        return sum(int(count[1]) for count in self._groups.values())
 
     @property
     def running(self) -> bool:
@@ -176,7 +148,8 @@ class UsageWriter:
 
     @property
     def pending_bytes(self) -> int:
-        """Roughly the memory the buffered rows take."""
+        """Roughly the memory the buffered rows take (a write under way
+        included)."""
         return self._pending_bytes
 
     def record(
@@ -196,35 +169,47 @@ class UsageWriter:
         whether the key was accepted for the request; only those requests
         move the key's ``last_used_at``.
         """
-        method = method[:MAX_METHOD_LENGTH]
-        path = path[:MAX_PATH_LENGTH]
-        if remote_addr is not None:
+        now = time.time()
+        minute = int(now) // 60
+        # Cut only what is long: most requests need no copy.
+        if len(method) > MAX_METHOD_LENGTH:
+            method = method[:MAX_METHOD_LENGTH]
+        if len(path) > MAX_PATH_LENGTH:
+            path = path[:MAX_PATH_LENGTH]
+        if remote_addr is not None and len(remote_addr) > MAX_ADDRESS_LENGTH:
             remote_addr = remote_addr[:MAX_ADDRESS_LENGTH]
-        size = self._size_of(method, path, remote_addr)
         with self._state_lock:
             if not accepted:
-                method, path = self._refused_target(key_id, method, path)
+                method, path = self._refused_target(key_id, minute, method, path)
+            group = (key_id, minute, method, path, status, remote_addr)
+            count = self._groups.get(group)
+            if count is not None and not self._closed:
+                count[1] += 1
+                if accepted:
+                    count[2] = now
+                return
+            size = size_of(method, path, remote_addr)
             if (
                 self._closed
-                or len(self._pending) + self._in_flight >= self.max_pending
+                or len(self._groups) + self._in_flight_rows >= self.max_pending
                 or self._pending_bytes + size > self.max_pending_bytes
             ):
                 self.dropped += 1
                 return
             self._pending_bytes += size
-            self._pending.append((key_id, time.time(), method, path, status, remote_addr, accepted))
+            self._groups[group] = [now, 1, now if accepted else 0.0]
+            rows = len(self._groups)
         if self._thread is None:
             self._start()
-        elif len(self._pending) >= self.batch_size:
+        elif rows >= self.batch_size:
             self._wake.set()
 
-    def _refused_target(self, key_id: str, method: str, path: str) -> tuple[str, str]:
+    def _refused_target(self, key_id: str, minute: int, method: str, path: str) -> tuple[str, str]:
         """Key ids are public: anyone may send refused requests for one, to
         as many paths as they like. Past :data:`REFUSED_TARGETS` methods and
         paths in a minute, a key's refused requests are logged as ``*``
         ``*``, still counted exactly, by status and address, so that they
         cannot flood its log with rows."""
-        minute = int(time.time() // 60)
         seen = self._refused.get(key_id)
         if seen is None or seen[0] != minute:
             seen = (minute, set())
@@ -237,12 +222,6 @@ class UsageWriter:
             return "*", "*"
         targets.add(target)
         return method, path
-
-    @staticmethod
-    def _size_of(method: str, path: str, remote_addr: str | None) -> int:
-        # What the strings take in memory, whatever characters they hold.
-        size = _ROW_OVERHEAD + sys.getsizeof(method) + sys.getsizeof(path)
-        return size if remote_addr is None else size + sys.getsizeof(remote_addr)
 
     def _start(self) -> None:
         with self._state_lock:
@@ -258,9 +237,10 @@ class UsageWriter:
         self._state_lock = threading.Lock()
         self._wake = threading.Event()
         self._thread = None
-        self._pending.clear()
+        self._groups = {}
         self._pending_bytes = 0
         self._in_flight = 0
+        self._in_flight_rows = 0
         self._retry = []
 
     def _run(self) -> None:
@@ -301,20 +281,14 @@ class UsageWriter:
         hardly a pause, a transaction each, competing with the requests.
         """
         with self._write_lock:
-            due = len(self._pending)
-            while True:
-                if self._retry:
-                    batch = self._retry.pop(0)
-                else:
-                    taken = self._take(due)
-                    if taken is None:
-                        break
-                    batch, due = taken, due - taken.requests
-                unwritten = self._write(batch)
+            self._retry += self._take()
+            while self._retry:
+                unwritten = self._write(self._retry[0])
                 if unwritten:
                     # The same rows with the same ids, first, next time.
-                    self._retry[:0] = unwritten
+                    self._retry[:1] = unwritten
                     break
+                del self._retry[0]
             if self.dropped != self._reported_drops:
                 logger.warning(
                     "usage log buffer full: %d rows dropped so far",
@@ -322,56 +296,28 @@ class UsageWriter:
                 )
                 self._reported_drops = self.dropped
 
-    def _take(self, most: int) -> _Batch | None:
-        """Up to ``most`` rows (and ``batch_size``) from the buffer, as a
-        batch of records.
+    def _take(self) -> list[Batch]:
+        """The buffer's rows, as batches of records of ``batch_size`` at most.
 
-        Their rows and bytes stay counted against the bounds until written.
+        Their requests, rows and bytes stay counted against the bounds
+        until written.
         """
-        rows: list[_Pending] = []
-        most = min(most, self.batch_size)
         with self._state_lock:
-            while self._pending and len(rows) < most:
-                rows.append(self._pending.popleft())
-            self._in_flight += len(rows)
-        if not rows:
-            return None
-        groups: dict[tuple[str, int, str, str, int, str | None], list[float]] = {}
-        latest: dict[str, float] = {}
-        size = 0
-        for key_id, at, method, path, status, addr, accepted in rows:
-            size += self._size_of(method, path, addr)
-            group = groups.get((key_id, int(at // 60), method, path, status, addr))
-            if group is None:
-                groups[key_id, int(at // 60), method, path, status, addr] = [at, 1]
-            else:
-                group[0] = min(group[0], at)
-                group[1] += 1
-            if accepted and latest.get(key_id, 0.0) < at:
-                latest[key_id] = at
-        records = [
-            UsageRecord(
-                key_id,
-                datetime.fromtimestamp(first, UTC),
-                method,
-                stored_path(path),
-                status,
-                addr,
-                int(count),
-            )
-            for (key_id, _, method, path, status, addr), (first, count) in groups.items()
-        ]
-        last_used = {key: datetime.fromtimestamp(at, UTC) for key, at in latest.items()}
-        return _Batch(secrets.token_hex(16), records, last_used, len(rows), size)
+            requests = self._buffered()
+            groups, self._groups = self._groups, {}
+            self._in_flight += requests
+            self._in_flight_rows += len(groups)
+        return batches_of(groups, self.batch_size)
 
-    def _done(self, batch: _Batch, *, dropped: int = 0) -> None:
+    def _done(self, batch: Batch, *, dropped: int = 0) -> None:
         with self._state_lock:
             self._in_flight -= batch.requests
+            self._in_flight_rows -= len(batch.records)
             self._pending_bytes -= batch.size
             self.written += batch.requests - dropped
             self.dropped += dropped
 
-    def _write(self, batch: _Batch) -> list[_Batch]:
+    def _write(self, batch: Batch) -> list[Batch]:
         """Write ``batch``; what is left to write after a failure."""
         try:
             self.store.record_usage(batch.records, last_used=batch.last_used, batch_id=batch.id)
@@ -384,8 +330,8 @@ class UsageWriter:
                 self._done(batch, dropped=batch.requests)
                 logger.error("dropped a usage row the database refused: %s", _cause(error))
                 return []
-            unwritten: list[_Batch] = []
-            for half in _halves(batch):
+            unwritten: list[Batch] = []
+            for half in batch.halves():
                 unwritten.extend([half] if unwritten else self._write(half))
             return unwritten
         except Exception as error:
@@ -414,10 +360,11 @@ class UsageWriter:
                 self._done(batch, dropped=batch.requests)
             self._retry = []
             with self._state_lock:
-                # Left in the buffer when a failed write stopped the flush.
-                lost += len(self._pending)
-                self.dropped += len(self._pending)
-                self._pending.clear()
+                # Recorded while the last flush wrote.
+                left = self._buffered()
+                lost += left
+                self.dropped += left
+                self._groups = {}
                 self._pending_bytes = 0
         if lost:
             logger.error("usage log closed with %d rows it could not write: they are lost", lost)

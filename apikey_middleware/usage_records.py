@@ -1,5 +1,5 @@
-"""What the usage log keeps of a request: the records a batch is made of,
-where they go, and a path as it is stored.
+"""What the usage log keeps of a request: the rows the writer buffers, the
+records and batches they become, where those go, and a path as it is stored.
 
 Shared by the writer (:mod:`~apikey_middleware.usage`), which makes the
 records, and the usage SQL (:mod:`~apikey_middleware.usage_log`), which
@@ -8,9 +8,11 @@ writes them.
 
 from __future__ import annotations
 
+import secrets
+import sys
 import typing as t
 import urllib.parse
-from datetime import datetime
+from datetime import UTC, datetime
 
 from .keys import redact_keys
 from .schema import MAX_PATH_LENGTH
@@ -35,6 +37,71 @@ class UsageRecord(t.NamedTuple):
     status: int
     remote_addr: str | None
     requests: int = 1
+
+
+# A buffered row: key id, minute (of the epoch), method, raw path, status and
+# address. Its count is a list: [first, requests, last_accepted], times as
+# time.time() gives them; last_accepted stays 0.0 until a request of the
+# row had its key accepted (only those move last_used_at).
+Group = tuple[str, int, str, str, int, str | None]
+
+# What a buffered row costs beyond its strings: its dictionary entry, the
+# tuple, the count's list and numbers (CPython, 64-bit, roughly).
+_ROW_OVERHEAD = 400
+
+
+def size_of(method: str, path: str, remote_addr: str | None) -> int:
+    """Roughly the memory a buffered row takes, whatever characters its
+    strings hold."""
+    size = _ROW_OVERHEAD + sys.getsizeof(method) + sys.getsizeof(path)
+    return size if remote_addr is None else size + sys.getsizeof(remote_addr)
+
+
+class Batch(t.NamedTuple):
+    """Buffered rows made into records, ready to write (and to write again,
+    the same, after a failure)."""
+
+    id: str
+    records: list[UsageRecord]
+    last_used: dict[str, datetime]
+    requests: int  # that its records stand for
+    size: int  # their bytes in the buffer's count
+
+    def halves(self) -> tuple[Batch, Batch]:
+        """The batch cut in two, each with an id of its own."""
+        middle = len(self.records) // 2
+        parts = self.records[:middle], self.records[middle:]
+        counts = [sum(record.requests for record in part) for part in parts]
+        first_size = self.size * counts[0] // self.requests
+        return (
+            Batch(secrets.token_hex(16), parts[0], self.last_used, counts[0], first_size),
+            Batch(
+                secrets.token_hex(16), parts[1], self.last_used, counts[1], self.size - first_size
+            ),
+        )
+
+
+def batches_of(groups: dict[Group, list[float]], batch_size: int) -> list[Batch]:
+    """Buffered rows as batches of ``batch_size`` records at most."""
+    batches: list[Batch] = []
+    items = list(groups.items())
+    for start in range(0, len(items), batch_size):
+        records: list[UsageRecord] = []
+        latest: dict[str, float] = {}
+        size = requests = 0
+        for (key_id, _, method, path, status, addr), (first, count, accepted) in items[
+            start : start + batch_size
+        ]:
+            size += size_of(method, path, addr)
+            requests += int(count)
+            first_at = datetime.fromtimestamp(first, UTC)
+            path = stored_path(path)
+            records.append(UsageRecord(key_id, first_at, method, path, status, addr, int(count)))
+            if accepted and latest.get(key_id, 0.0) < accepted:
+                latest[key_id] = accepted
+        last_used = {key: datetime.fromtimestamp(at, UTC) for key, at in latest.items()}
+        batches.append(Batch(secrets.token_hex(16), records, last_used, requests, size))
+    return batches
 
 
 class UsageSink(t.Protocol):

@@ -7,7 +7,7 @@ import threading
 import tracemalloc
 import typing as t
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -149,8 +149,8 @@ def test_flask_views_log_their_own_status(tmp_path: Path) -> None:
 
 def test_writer_batches_in_the_background(sqlite_store: SQLAlchemyKeyStore, key: IssuedKey) -> None:
     writer = UsageWriter(sqlite_store, batch_size=10, interval=60)
-    for _ in range(25):
-        writer.record(key.id, "GET", "/", 200, None)
+    for number in range(25):
+        writer.record(key.id, "GET", f"/{number}", 200, None)
     deadline = threading.Event()
     for _ in range(50):
         if writer.written >= 20:
@@ -225,13 +225,38 @@ def test_buffer_is_bounded_and_drops_are_counted_and_reported(
 ) -> None:
     # The writer's thread wakes only after an hour or 100 rows: not meanwhile.
     writer = UsageWriter(sqlite_store, max_pending=5, interval=3600, batch_size=100)
-    for _ in range(8):
-        writer.record(key.id, "GET", "/", 200, None)
+    for number in range(8):
+        writer.record(key.id, "GET", f"/{number}", 200, None)
     assert writer.dropped == 3
     with caplog.at_level(logging.WARNING, logger="apikey_middleware"):
         writer.flush()
     assert "3 rows dropped" in caplog.text
     assert requests_logged(sqlite_store, key.id) == 5
+
+
+def test_identical_requests_are_one_buffered_row(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    """One client calling one endpoint takes one row of the buffer, however
+    often it calls: none of its requests is dropped, none wakes the writer
+    early, and the row says how many they were, from the first."""
+    writer = UsageWriter(sqlite_store, max_pending=2, batch_size=2, interval=3600)
+    before = datetime.now(UTC).replace(microsecond=0)
+    for _ in range(10_000):
+        writer.record(key.id, "GET", "/same", 200, "192.0.2.1")
+    writer.record(key.id, "GET", "/same", 200, "192.0.2.1", accepted=False)
+    assert (writer.pending, writer.dropped) == (10_001, 0)
+    threading.Event().wait(0.2)
+    assert writer.written == 0
+    writer.close()
+    rows = sqlite_store.usage(key.id)
+    assert sum(row.requests for row in rows) == 10_001
+    assert len(rows) <= 2  # a minute may turn while recording
+    assert min(row.occurred_at for row in rows) >= before
+    record = sqlite_store.get_key(key.id)
+    assert record is not None
+    assert record.last_used_at is not None
+    assert record.last_used_at >= max(row.occurred_at for row in rows)
 
 
 class FlakyStore(SQLAlchemyKeyStore):
