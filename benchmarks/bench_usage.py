@@ -1,11 +1,9 @@
 """The usage log's cost, side by side in one run.
 
-- in-process, the defaults (usage log on, the store's default revocation)
-  with the writer's thread running beside the requests and each round's
-  last rows written inside the timed round: against the floor (bare Flask
-  + one Core ``SELECT``), and usage log on against off. A round lasts about
-  one writer interval (1 s), so that it holds the one write a second the
-  writer makes under load, not one write per few hundred requests;
+- in-process, the defaults (usage log on, the store's default revocation),
+  the writer's one write a second charged to the requests: against the
+  floor (bare Flask + one Core ``SELECT``), and usage log on against off,
+  the variants taking turns every 100 requests;
 - under gunicorn (2 workers), usage log on against off, immediate and
   channel mode;
 - the writer's throughput in requests logged per second, one client on one
@@ -32,11 +30,22 @@ from .load import GENERATOR, load, wrk
 SECTION = "usage log"
 #: Seconds between the usage writer's writes, by default.
 WRITER_INTERVAL = 1.0
+#: Requests a variant runs before the next one takes its turn.
+CHUNK = 100
 
 
 def in_process(table: Table, databases: dict[str, str], *, rounds: int, requests: int) -> None:
     """Defaults against the floor, and usage log on against off, the
-    writer's work included."""
+    writer's work included.
+
+    The variants take turns every :data:`CHUNK` requests, so that a slow
+    spell of a shared machine (they last about a second here) falls on all
+    of them alike. A round holds about one writer interval of requests of
+    each variant; the usage log's writer makes the one write it would make
+    in that time at the end of the round, timed, and that time is charged
+    to the round's requests. Its thread does not run meanwhile: its write
+    would land on whichever variant's turn it fell in.
+    """
     variants: dict[str, dict[str, Variant]] = {}
     stores: list[SQLAlchemyKeyStore] = []
     middlewares: list[ApiKeyMiddleware] = []
@@ -46,7 +55,9 @@ def in_process(table: Table, databases: dict[str, str], *, rounds: int, requests
         store.create_schema()
         issued = store.create_key("usage bench", scopes=["hello"])
         valid = environ_for(key=issued.key)
-        defaults = ApiKeyMiddleware(hello_app().wsgi_app, store)
+        # The defaults' writer, written by hand once a round (see above).
+        writer = UsageWriter(store, interval=3600)
+        defaults = ApiKeyMiddleware(hello_app().wsgi_app, store, usage_writer=writer)
         quiet = ApiKeyMiddleware(hello_app().wsgi_app, store, log_usage=False)
         middlewares += [defaults, quiet]
         stores.append(store)
@@ -57,8 +68,6 @@ def in_process(table: Table, databases: dict[str, str], *, rounds: int, requests
                 valid,
                 requests,
             ),
-            # The writer's thread runs beside the requests; the rows left
-            # when the round ends are written after it, and that time added.
             "on": Variant(
                 f"defaults, usage log on ({label}, {store.revocation})",
                 defaults,
@@ -70,46 +79,61 @@ def in_process(table: Table, databases: dict[str, str], *, rounds: int, requests
                 f"defaults, usage log off ({label}, {store.revocation})", quiet, valid, requests
             ),
         }
-    everything = [variant for group in variants.values() for variant in group.values()]
-    for variant in everything:
+    for variant in (variant for group in variants.values() for variant in group.values()):
         variant.check()
         variant.run_round()
-    for group in variants.values():
-        per_round = max(requests, round(WRITER_INTERVAL / (group["off"].median * 1e-6)))
-        for variant in group.values():
-            variant.requests = per_round
-    for variant in everything:
-        variant.samples.clear()
-        variant.finish_samples.clear()
-    for number in range(rounds):
-        print(f"  usage in-process round {number + 1}/{rounds}", end="\r", flush=True)
-        # Every other round backwards: no variant always runs after the same one.
-        for variant in everything if number % 2 == 0 else everything[::-1]:
-            variant.run_round()
-    print()
+    for label, group in variants.items():
+        # About a writer interval of the defaults' requests per round.
+        turns = max(1, round(WRITER_INTERVAL / (group["on"].median * 1e-6) / CHUNK))
+        _interleaved(label, list(group.values()), rounds=rounds, turns=turns)
     for middleware in middlewares:
         middleware.close()
     for label, group in variants.items():
         on = group["on"]
-        with_writer = [a + b for a, b in zip(on.samples, on.finish_samples, strict=True)]
-        table.figure(SECTION, group["floor"].name, group["floor"].samples, "µs")
+        # The warm-up round's samples are left out.
+        on_samples, floor_samples, off_samples = (
+            group[name].samples[1:] for name in ("on", "floor", "off")
+        )
+        with_writer = [a + b for a, b in zip(on_samples, on.finish_samples[1:], strict=True)]
+        table.figure(SECTION, group["floor"].name, floor_samples, "µs")
         table.figure(SECTION, f"{on.name}, writer included", with_writer, "µs")
-        table.figure(SECTION, group["off"].name, group["off"].samples, "µs")
+        table.figure(SECTION, group["off"].name, off_samples, "µs")
         table.ratio(
             SECTION,
             f"defaults, writer included / floor ({label})",
-            paired(with_writer, group["floor"].samples),
+            paired(with_writer, floor_samples),
             "<= 1.10",
-            suffix=f"   (writer: {statistics.median(on.finish_samples):.2f} µs per request)",
+            suffix=f"   (writer: {statistics.median(on.finish_samples[1:]):.2f} µs per request)",
         )
         table.ratio(
             SECTION,
             f"usage log on / off, writer included, in-process ({label})",
-            paired(with_writer, group["off"].samples),
+            paired(with_writer, off_samples),
             "<= 1.05",
         )
     for store in stores:
         store.close()
+
+
+def _interleaved(label: str, variants: list[Variant], *, rounds: int, turns: int) -> None:
+    """Rounds of ``turns`` turns of :data:`CHUNK` requests per variant, each
+    round's finish timed after it."""
+    for number in range(rounds):
+        print(f"  usage in-process {label} round {number + 1}/{rounds}", end="\r", flush=True)
+        spent = [0.0] * len(variants)
+        for turn in range(turns):
+            # Every other turn backwards: no variant always runs after the same one.
+            order = range(len(variants)) if turn % 2 == 0 else range(len(variants))[::-1]
+            for index in order:
+                spent[index] += variants[index].run_chunk(CHUNK)
+        for index, variant in enumerate(variants):
+            variant.samples.append(spent[index] / (turns * CHUNK) * 1e6)
+            if variant.finish is not None:
+                started = time.perf_counter()
+                variant.finish()
+                elapsed = time.perf_counter() - started
+                variant.finish_samples.append(elapsed / (turns * CHUNK) * 1e6)
+    print()
 
 
 def under_gunicorn(
@@ -132,7 +156,9 @@ def under_gunicorn(
         rates: dict[str, list[float]] = {name: [] for name in loads}
         for number in range(rounds):
             print(f"  usage gunicorn round {number + 1}/{rounds}", end="\r", flush=True)
-            for name, (port, headers) in loads.items():
+            servers = list(loads.items())
+            # Every other round backwards, as in-process.
+            for name, (port, headers) in servers if number % 2 == 0 else servers[::-1]:
                 if GENERATOR == "wrk":
                     result = wrk(port, "/hello", headers, seconds=max(1, round(requests / 2000)))
                 else:
