@@ -68,10 +68,9 @@ def _query_overrides(query: str, most: int) -> list[str]:
 
 
 def _status_code(status: str) -> int:
-    try:
-        return int(status.split(" ", 1)[0])
-    except ValueError:
-        return 0
+    """The code of a status line; 0 for one that has no three-digit code."""
+    code = status.split(" ", 1)[0]
+    return int(code) if len(code) == 3 and code.isdigit() and code.isascii() else 0
 
 
 class ApiKeyMiddleware(KeyGuard):

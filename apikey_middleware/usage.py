@@ -42,6 +42,8 @@ MAX_ADDRESS_LENGTH = 64
 #: per minute and process (for the last 4096 keys refused); the rest are
 #: logged as ``*`` ``*``.
 REFUSED_TARGETS = 20
+#: How long :meth:`UsageWriter.close` retries a failed write.
+CLOSE_RETRY_SECONDS = 5.0
 
 
 def _cause(error: Exception) -> str:
@@ -232,7 +234,8 @@ class UsageWriter:
                 self._thread.start()
 
     def _after_fork(self) -> None:
-        # The parent's rows are the parent's to write.
+        # The parent's rows, and their counts, are the parent's.
+        self.written = self.dropped = self._reported_drops = 0
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._wake = threading.Event()
@@ -321,11 +324,11 @@ class UsageWriter:
         """Write ``batch``; what is left to write after a failure."""
         try:
             self.store.record_usage(batch.records, last_used=batch.last_used, batch_id=batch.id)
-        except (exc.DataError, exc.IntegrityError) as error:
-            # The database refuses a row itself, not the connection (and
-            # the transaction is undone): write the others, and drop (and
-            # count) only the rows it refuses, or one such row would stop
-            # the log for good.
+        except (exc.DataError, exc.IntegrityError, ValueError, ArithmeticError) as error:
+            # The database (or its driver, binding a value) refuses a row
+            # itself, not the connection, and the transaction is undone:
+            # write the others, and drop (and count) only the rows it
+            # refuses, or one such row would stop the log for good.
             if len(batch.records) == 1:
                 self._done(batch, dropped=batch.requests)
                 logger.error("dropped a usage row the database refused: %s", _cause(error))
@@ -346,14 +349,24 @@ class UsageWriter:
         return []
 
     def close(self) -> None:
-        """Flush and stop the writer thread; safe to call twice. Rows that
-        could not be written by then are counted as dropped, and said so."""
+        """Flush and stop the writer thread; safe to call twice. A failed
+        write is retried for up to :data:`CLOSE_RETRY_SECONDS`; rows that
+        could not be written by then are counted as dropped, and said so
+        (some may have been stored, if a commit's answer was lost)."""
         self._closed = True
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=max(5.0, self.interval * 2))
         self.flush()
+        # Retrying is safe (a batch's id is written with it), and a write
+        # whose commit's answer was lost is counted once it is retried.
+        deadline = time.monotonic() + CLOSE_RETRY_SECONDS
+        pause = 0.05
+        while self._retry and time.monotonic() + pause < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+            self.flush()
         with self._write_lock:
             lost = sum(batch.requests for batch in self._retry)
             for batch in self._retry:

@@ -95,7 +95,8 @@ def batches_of(groups: dict[Group, list[float]], batch_size: int) -> list[Batch]
             size += size_of(method, path, addr)
             requests += int(count)
             first_at = datetime.fromtimestamp(first, UTC)
-            path = stored_path(path)
+            method, path = stored_text(method), stored_path(path)
+            addr = None if addr is None else stored_text(addr)
             records.append(UsageRecord(key_id, first_at, method, path, status, addr, int(count)))
             if accepted and latest.get(key_id, 0.0) < accepted:
                 latest[key_id] = accepted
@@ -132,3 +133,10 @@ def stored_path(raw: str) -> str:
     except UnicodeEncodeError:  # not a WSGI string: given directly
         octets = raw.encode("utf-8", "surrogatepass")
     return redact_keys(urllib.parse.quote(octets, safe=_PATH_SAFE))[:MAX_PATH_LENGTH]
+
+
+def stored_text(raw: str) -> str:
+    """A method or an address as the usage log keeps it: printable ASCII as
+    it is, anything else percent-encoded as a path is (a surrogate or a
+    control character must not reach the database)."""
+    return raw if raw.isascii() and raw.isprintable() else stored_path(raw)

@@ -117,6 +117,24 @@ def test_json_gives_the_rows_or_the_buckets(url: str, store: SQLAlchemyKeyStore)
     assert all(row["requests"] >= 1 for row in rows)
 
 
+def test_a_short_since_shows_the_paths_and_rows_of_the_buckets_it_charts(
+    url: str, store: SQLAlchemyKeyStore
+) -> None:
+    """The chart counts the whole bucket ``--since`` falls in; its top paths
+    and latest rows are those of the same buckets, not an empty list."""
+    issued = store.create_key("n")
+    now = datetime.now(UTC)
+    earlier = now.replace(minute=0, second=0, microsecond=0)
+    store.record_usage([UsageRecord(issued.id, earlier, "GET", "/early", 200, None, 3)])
+    for by in ("hour", "day"):
+        result = run(url, "usage", issued.id, "--by", by, "--since", "1s")
+        assert result.exit_code == 0, result.output
+        text = ANSI.sub("", result.output)
+        assert "Top 1 paths" in text
+        assert text.count("/early") == 2  # a top path and a latest row
+        assert text.rstrip().endswith("3 requests in all")
+
+
 def test_an_owners_keys_together(url: str, store: SQLAlchemyKeyStore) -> None:
     first = store.create_key("first", owner="acme")
     second = store.create_key("second", owner="acme")

@@ -487,6 +487,56 @@ def test_what_refused_requests_leave_in_memory_is_bounded(sqlite_store: SQLAlche
     writer.close()
 
 
+def test_a_value_no_database_can_store_does_not_stop_the_log(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lone surrogate or a control character is stored percent-encoded,
+    and a status no column holds is dropped alone: neither is retried for
+    ever in front of every later row."""
+    writer = UsageWriter(sqlite_store, interval=3600)
+    writer.record(key.id, "G\udcffT", "/odd-method", 200, "192.0.2.1\udcff\x00")
+    writer.record(key.id, "GET", "/huge-status", 2**64, None)
+    for _ in range(10):
+        writer.record(key.id, "GET", "/after", 200, None)
+    caplog.set_level(logging.ERROR, logger="apikey_middleware")
+    writer.close()
+    assert (writer.written, writer.dropped) == (11, 1)
+    assert "dropped a usage row the database refused" in caplog.text
+    rows = {row.path: row for row in sqlite_store.usage(key.id)}
+    assert set(rows) == {"/odd-method", "/after"}
+    assert rows["/after"].requests == 10
+    assert (rows["/odd-method"].method, rows["/odd-method"].remote_addr) == (
+        "G%ED%B3%BFT",
+        "192.0.2.1%ED%B3%BF%00",
+    )
+
+
+def test_close_retries_a_write_whose_answer_was_lost_and_counts_it_once(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    """At close, a first write fails before its commit and a second
+    commits but its answer is lost: the rows are stored once and counted
+    as written, not as lost."""
+    attempts = []
+
+    class Unlucky:
+        def record_usage(self, records: Sequence[UsageRecord], **options: t.Any) -> None:
+            attempts.append(len(records))
+            if len(attempts) == 1:
+                raise sa.exc.OperationalError("INSERT", {}, ConnectionError("closed"))
+            sqlite_store.record_usage(records, **options)
+            if len(attempts) == 2:
+                raise sa.exc.OperationalError("COMMIT", {}, ConnectionError("answer lost"))
+
+    writer = UsageWriter(Unlucky(), interval=3600)
+    for number in range(1000):
+        writer.record(key.id, "GET", f"/{number}", 200, None)
+    writer.close()
+    assert len(attempts) == 3
+    assert (writer.written, writer.dropped) == (1000, 0)
+    assert requests_logged(sqlite_store, key.id) == 1000
+
+
 def test_rows_that_cannot_be_written_by_close_are_counted_as_dropped(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
