@@ -177,9 +177,11 @@ def usage(
     title = f"Usage of {record.key_type} key {record.id} ({shown(record.name)})"
     if not _chart(title, buckets, by, start, as_json):
         return
+    # The chart counts whole buckets: the paths and rows below, the same.
+    start = None if start is None else bucket_start(start, by)
     top = store().top_paths(record.id, since=start, limit=_TOP_PATHS)
     click.echo(f"\nTop {len(top)} paths")
-    width = max(len(str(count)) for _, count in top)
+    width = max((len(str(count)) for _, count in top), default=1)
     for path, count in top:
         click.echo(f"{count:>{width}}  {_fit(shown(path), _WIDTH - width - 2)}")
     rows = store().usage(record.id, since=start, limit=_LATEST)
