@@ -72,7 +72,7 @@ SCOPES = {
     "clients:write": "Create clients",
     "clients:delete": "Delete clients",
 }
-DASHBOARD_URL = "/settings/api-keys"
+DASHBOARD_URL = "/settings/api-keys/"
 #: Failed sign-ins allowed per client address a minute, and per account in
 #: 15 minutes: each costs a password hash check (scrypt), so a guesser
 #: gets a few, and cannot use the login to starve the API of CPU.
@@ -268,7 +268,7 @@ def add_dashboard(app: Flask) -> None:
         logout_url="/logout",
         scopes=SCOPES,
     )
-    app.register_blueprint(dashboard, url_prefix=DASHBOARD_URL)
+    app.register_blueprint(dashboard, url_prefix=DASHBOARD_URL.rstrip("/"))
 
 
 def accounts_text(base: str, passwords: Mapping[str, str]) -> str:

@@ -645,10 +645,10 @@ def login(
     ("next_url", "landing"),
     [
         ("/settings/api-keys/new", "/settings/api-keys/new"),
-        ("//evil.example/x", "/settings/api-keys"),
-        ("https://evil.example/", "/settings/api-keys"),
-        ("/\\evil.example", "/settings/api-keys"),
-        ("", "/settings/api-keys"),
+        ("//evil.example/x", "/settings/api-keys/"),
+        ("https://evil.example/", "/settings/api-keys/"),
+        ("/\\evil.example", "/settings/api-keys/"),
+        ("", "/settings/api-keys/"),
     ],
 )
 def test_the_example_signs_in_and_goes_back_only_to_its_own_pages(
