@@ -227,7 +227,7 @@ class KeyGuard:
             return Judgement(None, ServiceUnavailableError(self.retry_after), None)
         return Judgement(principal, None, key_id, quota)
 
-    def record(self, key_id: str, environ: WSGIEnvironment, status: int, *, accepted: bool) -> None:
+    def record(self, key_id: str, environ: WSGIEnvironment, status: int, accepted: bool) -> None:
         """Log a request made with ``key_id`` and answered ``status``."""
         if self.usage is None:
             return

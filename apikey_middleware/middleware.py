@@ -69,8 +69,11 @@ def _query_overrides(query: str, most: int) -> list[str]:
 
 def _status_code(status: str) -> int:
     """The code of a status line; 0 for one that has no three-digit code."""
-    code = status.split(" ", 1)[0]
-    return int(code) if len(code) == 3 and code.isdigit() and code.isascii() else 0
+    try:
+        code = int(status[:3])
+    except ValueError:
+        return 0
+    return code if 100 <= code <= 999 and status[3:4] in ("", " ") else 0
 
 
 class ApiKeyMiddleware(KeyGuard):
@@ -252,7 +255,7 @@ class ApiKeyMiddleware(KeyGuard):
     ) -> Iterable[bytes]:
         if self.required:
             if key_id is not None:
-                self.record(key_id, environ, error.status, accepted=False)
+                self.record(key_id, environ, error.status, False)
             if quota is not None:
                 start_response = _adding_headers(start_response, quota.headers())
             return error(environ, start_response)
@@ -283,12 +286,12 @@ class ApiKeyMiddleware(KeyGuard):
             nonlocal logged
             if not logged:
                 logged = True
-                self.record(key_id, environ, _status_code(status), accepted=accepted)
+                self.record(key_id, environ, _status_code(status), accepted)
             return inner(status, headers, exc_info)
 
         try:
             return self.app(environ, logging_start_response)
         except BaseException:
             if not logged:
-                self.record(key_id, environ, 500, accepted=accepted)
+                self.record(key_id, environ, 500, accepted)
             raise
