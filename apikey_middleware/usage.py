@@ -306,10 +306,13 @@ class UsageWriter:
         until written.
         """
         with self._state_lock:
-            requests = self._buffered()
             groups, self._groups = self._groups, {}
-            self._in_flight += requests
             self._in_flight_rows += len(groups)
+        # Only requests holding the lock count in a row, and they find the
+        # new buffer: these rows can be added up without holding it.
+        requests = sum(int(count[1]) for count in groups.values())
+        with self._state_lock:
+            self._in_flight += requests
         return batches_of(groups, self.batch_size)
 
     def _done(self, batch: Batch, *, dropped: int = 0) -> None:
