@@ -309,11 +309,11 @@ class UsageWriter:
             groups, self._groups = self._groups, {}
             self._in_flight_rows += len(groups)
         # Only requests holding the lock count in a row, and they find the
-        # new buffer: these rows can be added up without holding it.
-        requests = sum(int(count[1]) for count in groups.values())
+        # new buffer: these rows can be made into batches without holding it.
+        batches = batches_of(groups, self.batch_size)
         with self._state_lock:
-            self._in_flight += requests
-        return batches_of(groups, self.batch_size)
+            self._in_flight += sum(batch.requests for batch in batches)
+        return batches
 
     def _done(self, batch: Batch, *, dropped: int = 0) -> None:
         with self._state_lock:
