@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from apikey_middleware import InvalidKeyError, KeyNotFoundError, SQLAlchemyKeyStore
+from apikey_middleware import InvalidKeyError, KeyNotFoundError, SQLAlchemyKeyStore, verifier
+from apikey_middleware.errors import RejectedKeyError
 from apikey_middleware.usage import UsageRecord
 
 from .conftest import parsed
@@ -46,14 +47,14 @@ def test_rotate_without_grace_revokes_the_old_key_at_once(store: SQLAlchemyKeySt
 def test_rotate_with_grace_keeps_both_working_until_it_ends(store: SQLAlchemyKeyStore) -> None:
     old = store.create_key("n")
     before = datetime.now(UTC)
-    new = store.rotate(old.id, grace=timedelta(seconds=1))
+    new = store.rotate(old.id, grace=timedelta(seconds=2))
     assert store.authenticate(parsed(old.key)).key_id == old.id
     assert store.authenticate(parsed(new.key)).key_id == new.id
     old_record = store.get_key(old.id)
     assert old_record is not None
     assert old_record.state() == "active"  # until the grace ends
     assert old_record.expires_at is not None
-    assert before + timedelta(seconds=1) <= old_record.expires_at <= before + timedelta(seconds=3)
+    assert before + timedelta(seconds=2) <= old_record.expires_at <= before + timedelta(seconds=4)
     time.sleep(max(0.0, (old_record.expires_at - datetime.now(UTC)).total_seconds()) + 0.05)
     with pytest.raises(InvalidKeyError):
         store.authenticate(parsed(old.key))
@@ -98,12 +99,18 @@ def test_negative_grace_is_refused(store: SQLAlchemyKeyStore) -> None:
     assert len(store.list_keys()) == 1
 
 
-def test_expired_key_is_rejected_like_a_revoked_one(store: SQLAlchemyKeyStore) -> None:
-    issued = store.create_key("n", expires_at=datetime.now(UTC) + timedelta(milliseconds=300))
+def test_expired_key_is_rejected_like_a_revoked_one(
+    store: SQLAlchemyKeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    issued = store.create_key("n", expires_at=expires)
     assert store.authenticate(parsed(issued.key)).key_id == issued.id
-    time.sleep(0.4)
-    with pytest.raises(InvalidKeyError):
+    # The clock moves past the expiry, however long the checks above took.
+    monkeypatch.setattr(verifier, "utcnow", lambda: expires)
+    with pytest.raises(RejectedKeyError):
         store.authenticate(parsed(issued.key))
+    monkeypatch.setattr(verifier, "utcnow", lambda: expires - timedelta(microseconds=1))
+    assert store.authenticate(parsed(issued.key)).key_id == issued.id
 
 
 def _usage(key_id: str, at: datetime, status: int = 200, path: str = "/x") -> UsageRecord:

@@ -309,15 +309,16 @@ def test_malformed_tokens_cost_no_database_or_bcrypt_work(
 
 
 def test_a_remembered_key_is_refused_once_it_expires(
-    sqlite_store: SQLAlchemyKeyStore, checkpw: CountingCheckpw
+    sqlite_store: SQLAlchemyKeyStore, checkpw: CountingCheckpw, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from datetime import timedelta
 
     from apikey_middleware._time import utcnow
 
-    issued = sqlite_store.create_key("n", expires_at=utcnow() + timedelta(seconds=0.5))
+    expires = utcnow() + timedelta(hours=1)
+    issued = sqlite_store.create_key("n", expires_at=expires)
     assert sqlite_store.authenticate(issued.key).key_id == issued.id
-    time.sleep(0.6)
+    monkeypatch.setattr(verifier, "utcnow", lambda: expires)
     with pytest.raises(InvalidKeyError):
         sqlite_store.authenticate(issued.key)
     assert checkpw.calls == 1
