@@ -67,13 +67,24 @@ def _query_overrides(query: str, most: int) -> list[str]:
     return found
 
 
+#: Status lines answered, with their codes: an app has a handful.
+_STATUS_CODES: dict[str, int] = {}
+_MOST_STATUS_LINES = 512
+
+
 def _status_code(status: str) -> int:
     """The code of a status line; 0 for one that has no three-digit code."""
-    try:
-        code = int(status[:3])
-    except ValueError:
-        return 0
-    return code if 100 <= code <= 999 and status[3:4] in ("", " ") else 0
+    code = _STATUS_CODES.get(status)
+    if code is None:
+        try:
+            code = int(status[:3])
+        except ValueError:
+            code = 0
+        if not (100 <= code <= 999 and status[3:4] in ("", " ")):
+            code = 0
+        if len(_STATUS_CODES) < _MOST_STATUS_LINES:
+            _STATUS_CODES[status] = code
+    return code
 
 
 class ApiKeyMiddleware(KeyGuard):
@@ -277,6 +288,11 @@ class ApiKeyMiddleware(KeyGuard):
             start_response = _adding_headers(start_response, quota.headers())
         if key_id is None or self.usage is None:
             return self.app(environ, start_response)
+        record = self.usage.record
+        # What the guard judged, before the app (or a dispatcher in it) rewrites it.
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO") or "/"
+        address = environ.get("REMOTE_ADDR")
         logged = False
         inner = start_response
 
@@ -286,12 +302,12 @@ class ApiKeyMiddleware(KeyGuard):
             nonlocal logged
             if not logged:
                 logged = True
-                self.record(key_id, environ, _status_code(status), accepted)
+                record(key_id, method, path, _status_code(status), address, accepted)
             return inner(status, headers, exc_info)
 
         try:
             return self.app(environ, logging_start_response)
         except BaseException:
             if not logged:
-                self.record(key_id, environ, 500, accepted)
+                record(key_id, method, path, 500, address, accepted)
             raise

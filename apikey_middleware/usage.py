@@ -173,6 +173,29 @@ class UsageWriter:
         """
         now = time.time()
         minute = int(now) // 60
+        if accepted:
+            # Most requests repeat one buffered this minute: one lookup. A
+            # long field never matches here (rows keep them cut), so it is
+            # cut and looked up below.
+            with self._state_lock:
+                count = self._groups.get((key_id, minute, method, path, status, remote_addr))
+                if count is not None and not self._closed:
+                    count[1] += 1
+                    count[2] = now
+                    return
+        self._add(key_id, minute, method, path, status, remote_addr, accepted, now)
+
+    def _add(
+        self,
+        key_id: str,
+        minute: int,
+        method: str,
+        path: str,
+        status: int,
+        remote_addr: str | None,
+        accepted: bool,
+        now: float,
+    ) -> None:
         # Cut only what is long: most requests need no copy.
         if len(method) > MAX_METHOD_LENGTH:
             method = method[:MAX_METHOD_LENGTH]

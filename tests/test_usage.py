@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from flask import Flask
-from werkzeug.test import Client
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.test import Client, create_environ, run_wsgi_app
 
 from apikey_middleware import ApiKeyMiddleware, IssuedKey, SQLAlchemyKeyStore
 from apikey_middleware.flask import ApiKeys, require_scopes
@@ -111,6 +112,46 @@ def test_app_status_is_logged_even_when_the_app_fails(
         client.get("/boom", headers=bearer(key.key))
     guarded.close()
     assert [row[1:3] for row in logged(sqlite_store, key.id)] == [("/tea", 418), ("/boom", 500)]
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        ("404 Not Found", 404),
+        ("204", 204),
+        ("599 Custom Reason", 599),
+        ("200OK", 0),
+        ("2000 Too long", 0),
+        ("099 Too small", 0),
+        ("abc", 0),
+        ("", 0),
+        ("-10 Negative", 0),
+        (" 20 Spaced", 0),
+    ],
+)
+def test_the_code_of_any_status_line_is_logged_or_zero_when_it_has_none(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey, line: str, code: int
+) -> None:
+    def answering(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start_response(line, [])
+        return [b""]
+
+    guarded = ApiKeyMiddleware(answering, sqlite_store)
+    for _ in range(2):  # the second answer reads the code of a line seen before
+        run_wsgi_app(guarded, create_environ("/x", headers=bearer(key.key)))
+    guarded.close()
+    assert [row[2] for row in logged(sqlite_store, key.id)] == [code]
+    assert requests_logged(sqlite_store, key.id) == 2
+
+
+def test_the_path_logged_is_the_one_judged_even_when_a_dispatcher_rewrites_it(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    mounted = DispatcherMiddleware(RecordingApp(), {"/api": RecordingApp()})
+    guarded = ApiKeyMiddleware(mounted, sqlite_store)
+    Client(guarded).get("/api/v1/clients", headers=bearer(key.key))
+    guarded.close()
+    assert logged(sqlite_store, key.id) == [("GET", "/api/v1/clients", 200, None)]
 
 
 def test_flask_views_log_their_own_status(tmp_path: Path) -> None:
@@ -316,7 +357,8 @@ def test_buffered_rows_are_written_at_interpreter_exit(
     store = store_factory(sqlite_url)
     issued = store.create_key("n")
     program = f"""
-from werkzeug.test import Client
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.test import Client, create_environ, run_wsgi_app
 from apikey_middleware import ApiKeyMiddleware, SQLAlchemyKeyStore
 from apikey_middleware.usage import UsageWriter
 
