@@ -294,7 +294,6 @@ class ApiKeyMiddleware(KeyGuard):
         path = environ.get("PATH_INFO") or "/"
         address = environ.get("REMOTE_ADDR")
         logged = False
-        inner = start_response
 
         def logging_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
@@ -303,7 +302,7 @@ class ApiKeyMiddleware(KeyGuard):
             if not logged:
                 logged = True
                 record(key_id, method, path, _status_code(status), address, accepted)
-            return inner(status, headers, exc_info)
+            return start_response(status, headers, exc_info)
 
         try:
             return self.app(environ, logging_start_response)
