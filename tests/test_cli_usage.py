@@ -130,9 +130,60 @@ def test_a_short_since_shows_the_paths_and_rows_of_the_buckets_it_charts(
         result = run(url, "usage", issued.id, "--by", by, "--since", "1s")
         assert result.exit_code == 0, result.output
         text = ANSI.sub("", result.output)
-        assert "Top 1 paths" in text
+        assert "Top 1 path\n" in text
+        assert "Latest 1 row (" in text
         assert text.count("/early") == 2  # a top path and a latest row
         assert text.rstrip().endswith("3 requests in all")
+
+
+def test_a_long_chart_counts_its_quiet_stretches_instead_of_hiding_them(
+    url: str, store: SQLAlchemyKeyStore
+) -> None:
+    issued = store.create_key("n")
+    now = datetime.now(UTC).replace(second=30)
+    store.record_usage(
+        [
+            UsageRecord(issued.id, now - timedelta(minutes=90), "GET", "/a", 200, None, 2),
+            UsageRecord(issued.id, now - timedelta(minutes=30), "GET", "/a", 404, None, 1),
+        ]
+    )
+    result = run(url, "usage", issued.id, "--by", "minute", "--since", "2h")
+    assert result.exit_code == 0, result.output
+    lines = ANSI.sub("", result.stdout).splitlines()
+    charted = [line for line in lines if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d  ", line)]
+    assert len(charted) == 2  # 121 minutes: too many lines for one each
+    quiet = [
+        int(m.group(1)) for line in lines if (m := re.search(r"\((\d+) quiet minutes?\)", line))
+    ]
+    assert len(quiet) == 3  # before, between and after the two busy minutes
+    assert sum(quiet) + len(charted) in (121, 122)  # the minute may turn meanwhile
+    assert quiet[1] == 59
+
+
+def test_huge_counts_and_long_addresses_still_fit_80_columns(
+    url: str, store: SQLAlchemyKeyStore
+) -> None:
+    issued = store.create_key("n")
+    now = datetime.now(UTC)
+    address = "2001:0db8:85a3:0000:0000:8a2e:0370:7334"
+    store.record_usage(
+        [
+            UsageRecord(issued.id, now, "GET", "/v1/invoices", 200, address, 12345678),
+            UsageRecord(issued.id, now, "OPTIONS", "/v1/clients", 301, address, 234567),
+            UsageRecord(issued.id, now, "GET", "/v1/clients", 404, "10.0.0.1", 1234567),
+            UsageRecord(issued.id, now, "GET", "/v1/crash", 503, "10.0.0.1", 123456),
+        ]
+    )
+    result = run(url, "usage", issued.id, "--by", "hour")
+    assert result.exit_code == 0, result.output
+    plain = ANSI.sub("", result.stdout)
+    assert max(len(line) for line in plain.splitlines()) <= 80
+    assert "13938268" in plain  # the total stays exact; the classes in short
+    assert "2xx 12M  3xx 235k  4xx 1.2M  5xx 123k" in plain
+    (invoices,) = [line for line in plain.splitlines() if "(12345678 requests)" in line]
+    assert "/v1/invoices  2001:…7334  " in invoices  # the path whole, the address cut
+    (options,) = [line for line in plain.splitlines() if "(234567 requests)" in line]
+    assert "OPTIONS /v1/clients  2001:0…0:7334  " in options
 
 
 def test_an_owners_keys_together(url: str, store: SQLAlchemyKeyStore) -> None:

@@ -4,6 +4,7 @@ paths and latest requests; an owner's keys together; old usage deleted."""
 from __future__ import annotations
 
 import json
+import typing as t
 from collections import Counter
 from datetime import datetime, timedelta
 
@@ -31,7 +32,7 @@ _DEFAULT_SPAN: dict[str, timedelta | None] = {
     "hour": timedelta(hours=24),
     "day": None,
 }
-#: Beyond this many buckets, empty ones are left out of the chart.
+#: Beyond this many buckets, each run of empty ones is one line of the chart.
 _MAX_LINES = 100
 _MARKS = {"2xx": "█", "3xx": "▓", "4xx": "▒", "5xx": "░"}
 _COLORS = {"2xx": "green", "3xx": "cyan", "4xx": "yellow", "5xx": "red"}
@@ -66,40 +67,78 @@ def _label(moment: datetime, by: Bucket) -> str:
     return moment.strftime("%Y-%m-%d" if by == "day" else "%Y-%m-%d %H:%M")
 
 
-def _starts(buckets: list[UsageBucket], by: Bucket, since: datetime | None) -> list[datetime]:
-    """Every bucket from the first asked for (or with requests) to now,
-    unless that is too many lines: then those with requests."""
+def _starts(buckets: list[UsageBucket], by: Bucket, since: datetime | None) -> list[datetime | int]:
+    """Every bucket from the first asked for (or with requests) to now;
+    when that is too many lines, those with requests, and between them the
+    number of quiet buckets each gap holds."""
     step = STEPS[by]
     first = bucket_start(since, by) if since is not None else buckets[0].start
     last = bucket_start(utcnow(), by)
-    if (last - first) / step >= _MAX_LINES:
-        return [item.start for item in buckets]
-    return [first + step * n for n in range(int((last - first) / step) + 1)]
+    if (last - first) / step < _MAX_LINES:
+        return [first + step * n for n in range(int((last - first) / step) + 1)]
+    lines: list[datetime | int] = []
+    expected = first
+    for item in buckets:
+        quiet = int((item.start - expected) / step)
+        if quiet > 0:
+            lines.append(quiet)
+        lines.append(item.start)
+        expected = item.start + step
+    quiet = int((last - expected) / step) + 1
+    if quiet > 0:
+        lines.append(quiet)
+    return lines
+
+
+def _compact(count: int) -> str:
+    """A count in at most four characters or so (12k, 3.4M): the chart's
+    detail when exact counts would not fit; the total column stays exact."""
+    for size, suffix in ((10**9, "G"), (10**6, "M"), (10**3, "k")):
+        if count >= size * 0.9995:  # 999 999 is 1.0M, not 1000k
+            scaled = count / size
+            return f"{scaled:.1f}{suffix}" if scaled < 9.95 else f"{scaled:.0f}{suffix}"
+    return str(count)
 
 
 def draw_chart(buckets: list[UsageBucket], by: Bucket, since: datetime | None) -> list[str]:
     """Lines of a chart of requests per bucket by status class, at most
-    80 columns wide (counts of many digits aside)."""
+    80 columns wide."""
     found = {item.start: item for item in buckets}
-    starts = _starts(buckets, by, since)
-    rows = []
-    for start in starts:
+    rows: list[tuple[str, int, Counter[str]] | int] = []
+    for start in _starts(buckets, by, since):
+        if isinstance(start, int):
+            rows.append(start)
+            continue
         counts = _classes(found.get(start))
-        detail = "  ".join(f"{name} {counts[name]}" for name in _MARKS if counts[name])
-        rows.append((_label(start, by), sum(counts.values()), counts, detail))
-    label_width = len(rows[0][0]) if rows else 10
-    total_width = max(len(str(row[1])) for row in rows) if rows else 1
-    detail_width = max(len(row[3]) for row in rows) if rows else 0
-    bar_width = max(10, min(40, _WIDTH - 1 - label_width - total_width - detail_width - 6))
-    busiest = max((row[1] for row in rows), default=0) or 1
+        rows.append((_label(start, by), sum(counts.values()), counts))
+    charted = [row for row in rows if not isinstance(row, int)]
+    label_width = len(charted[0][0]) if charted else 10
+    total_width = max(len(str(row[1])) for row in charted) if charted else 1
+    shortest_bar = len(_MARKS) + 1
+    fixed = label_width + total_width + 6
+    details = {row[0]: _detail(row[2], str) for row in charted}
+    if fixed + shortest_bar + max(map(len, details.values()), default=0) > _WIDTH:
+        details = {row[0]: _detail(row[2], _compact) for row in charted}
+    detail_width = max(map(len, details.values()), default=0)
+    bar_width = max(shortest_bar, min(40, _WIDTH - fixed - detail_width))
+    busiest = max((row[1] for row in charted), default=0) or 1
     legend = "  ".join(f"{mark} {name}" for name, mark in _MARKS.items())
     lines = [f"Requests per {by} (UTC)   {legend}"]
-    for label, total, counts, detail in rows:
+    for row in rows:
+        if isinstance(row, int):
+            quiet = f"{row} quiet {by}{'s' * (row != 1)}"
+            lines.append(f"{'…':<{label_width}}  {0:>{total_width}}  ({quiet})")
+            continue
+        label, total, counts = row
         # Each class is rounded and shown by one mark at least: up to 4 more.
         bar, width = _bar(counts, (bar_width - len(_MARKS)) / busiest)
-        line = f"{label}  {total:>{total_width}}  {bar}{' ' * (bar_width - width)}  {detail}"
-        lines.append(line.rstrip())
+        line = f"{label}  {total:>{total_width}}  {bar}{' ' * (bar_width - width)}  "
+        lines.append((line + details[label]).rstrip())
     return lines
+
+
+def _detail(counts: Counter[str], number: t.Callable[[int], str]) -> str:
+    return "  ".join(f"{name} {number(counts[name])}" for name in _MARKS if counts[name])
 
 
 def _fit(text: str, room: int) -> str:
@@ -107,13 +146,31 @@ def _fit(text: str, room: int) -> str:
     return text if len(text) <= room else text[: max(0, room - 1)] + "…"
 
 
+def _fit_middle(text: str, room: int) -> str:
+    """``text`` cut to ``room`` columns in its middle: an address keeps its
+    network and its host."""
+    if len(text) <= room:
+        return text
+    kept = max(0, room - 1)
+    return text[: kept - kept // 2] + "…" + text[len(text) - kept // 2 :]
+
+
+#: Columns a path, and an address, keep in a latest row when both do not fit.
+_PATH_AT_LEAST = 24
+_ADDRESS_AT_LEAST = 9
+
+
 def _latest_line(row: tuple[datetime, int, str, str, str | None, int]) -> str:
-    """One row of the latest: the path cut so that the line fits 80 columns."""
+    """One row of the latest, in 80 columns: the path cut at its end, the
+    address in its middle when both do not fit."""
     at, status, method, path, address, requests = row
     many = f"  ({requests} requests)" if requests > 1 else ""
     head = f"{when(at)}  {status}  {shown(method):7} "
-    tail = f"  {shown(address)}{many}"
-    return head + _fit(shown(path), _WIDTH - len(head) - len(tail)) + tail
+    path, where = shown(path), shown(address)
+    room = _WIDTH - len(head) - len(many) - 2
+    path_room = max(room - len(where), min(len(path), _PATH_AT_LEAST, room - _ADDRESS_AT_LEAST))
+    path = _fit(path, path_room)
+    return f"{head}{path}  {_fit_middle(where, room - len(path))}{many}"
 
 
 @click.command()
@@ -180,13 +237,16 @@ def usage(
     # The chart counts whole buckets: the paths and rows below, the same.
     start = None if start is None else bucket_start(start, by)
     top = store().top_paths(record.id, since=start, limit=_TOP_PATHS)
-    click.echo(f"\nTop {len(top)} paths")
+    click.echo(f"\nTop {len(top)} path{'s' * (len(top) != 1)}")
     width = max((len(str(count)) for _, count in top), default=1)
     for path, count in top:
         click.echo(f"{count:>{width}}  {_fit(shown(path), _WIDTH - width - 2)}")
     rows = store().usage(record.id, since=start, limit=_LATEST)
     requests = sum(item.requests for item in buckets)
-    click.echo(f"\nLatest {len(rows)} rows (identical requests of a minute share one)")
+    click.echo(
+        f"\nLatest {len(rows)} row{'s' * (len(rows) != 1)}"
+        " (identical requests of a minute share one)"
+    )
     for row in rows:
         click.echo(
             _latest_line(
