@@ -235,6 +235,10 @@ def test_a_key_made_with_a_rate_limit_has_it_and_the_list_shows_it(
     assert record.rate_limit == "10/second;1000/hour"
     assert "10/second;1000/hour" in alice.get("/").get_data(as_text=True)
     assert sqlite_store.get_key(shown_key(alice.generate())[8:22]).rate_limit is None  # type: ignore[union-attr]
+    # A key without its own limit has the app's, not none.
+    listing = alice.get("/").get_data(as_text=True)
+    assert "<td>App default</td>" in listing
+    assert "<td>None</td>" not in listing
 
 
 @pytest.mark.parametrize(
