@@ -551,4 +551,8 @@ def test_rotate_a_key_already_rotated_is_an_error(url: str, store: SQLAlchemyKey
     assert_one_line_error(
         run(url, "rotate", old.id, "--grace", "24h"), 1, f"already rotated to '{new.id}'"
     )
+    # Without --grace or --yes it says so at once, without asking first.
+    asked = run(url, "rotate", old.id, input="")
+    assert "[y/N]" not in asked.output
+    assert_one_line_error(asked, 1, f"already rotated to '{new.id}'")
     assert len(store.list_keys(include_revoked=True)) == 2

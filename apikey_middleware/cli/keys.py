@@ -14,7 +14,9 @@ import click
 from click.core import ParameterSource
 
 from .. import leaks
+from .._issue import successor_of
 from .._time import utcnow
+from ..errors import AlreadyRotatedError
 from ..keys import KEY_TYPES
 from ..records import IssuedKey, KeyRecord
 from ._common import (
@@ -358,6 +360,10 @@ def rotate(ctx: click.Context, key_id: str, grace: timedelta, yes: bool) -> None
     first: give --grace 24h to let clients switch over.
     """
     old = get_record(key_id)
+    with store().engine.connect() as connection:
+        successor = successor_of(connection, old.id)
+    if successor is not None:  # refused before asking anything
+        raise AlreadyRotatedError(old.id, successor)
     chose_grace = ctx.get_parameter_source("grace") is not ParameterSource.DEFAULT
     if not (yes or chose_grace) and old.revoked_at is None:
         click.confirm(
