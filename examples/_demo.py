@@ -34,6 +34,17 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def busy_port(host: str, port: int, target: str) -> str:
+    """What to say when ``port`` is taken: stop that server, or use the
+    next port that is free now."""
+    free = next((other for other in range(port + 1, port + 100) if port_is_free(host, other)), None)
+    other = f": make {target} PORT={free}" if free is not None else " (make run PORT=...)"
+    return (
+        f"Port {port} on {host} is in use (another `make run`?): stop that"
+        f" server, or serve on another port{other}"
+    )
+
+
 def demo_name(name: str, port: int) -> str:
     """A demo key's name: each port's server has its own keys."""
     return f"{name} (port {port})"

@@ -50,6 +50,7 @@ from apikey_middleware.dashboard import create_dashboard, csrf_token_valid, secu
 from apikey_middleware.flask import ApiKeys, require_principal, require_scopes
 from examples._demo import (
     DEFAULT_DATABASE_URL,
+    busy_port,
     curl,
     demo_name,
     ensure_sqlite_folder,
@@ -286,10 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if not port_is_free(args.host, args.port):
-        raise SystemExit(
-            f"Port {args.port} on {args.host} is in use (another `make run`?): stop that"
-            f" server, or serve on another port: make run PORT={args.port + 1}"
-        )
+        raise SystemExit(busy_port(args.host, args.port, "run"))
     url = os.environ.get("APIKEY_DATABASE_URL", DEFAULT_DATABASE_URL)
     ensure_sqlite_folder(url)
     try:

@@ -20,6 +20,7 @@ from werkzeug.serving import run_simple
 from apikey_middleware import ApiKeyMiddleware, Principal, SQLAlchemyKeyStore
 from examples._demo import (
     DEFAULT_DATABASE_URL,
+    busy_port,
     curl,
     demo_name,
     ensure_sqlite_folder,
@@ -104,10 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if not port_is_free(args.host, args.port):
-        raise SystemExit(
-            f"Port {args.port} on {args.host} is in use (another `make run`?): stop that"
-            f" server, or serve on another port: make run-legacy PORT={args.port + 1}"
-        )
+        raise SystemExit(busy_port(args.host, args.port, "run-legacy"))
     url = os.environ.get("APIKEY_DATABASE_URL", DEFAULT_DATABASE_URL)
     ensure_sqlite_folder(url)
     store = SQLAlchemyKeyStore(url)
