@@ -7,6 +7,8 @@ import urllib.parse
 from collections.abc import Iterable
 from datetime import timedelta
 
+from werkzeug.wsgi import ClosingIterator
+
 from .counters import DEFAULT_STORAGE, CounterStorage
 from .errors import ApiKeyError, BadRequestError
 from .guard import KeyGuard
@@ -67,22 +69,26 @@ def _query_overrides(query: str, most: int) -> list[str]:
     return found
 
 
-#: Status lines answered, with their codes: an app has a handful.
+#: Status lines answered, with their codes: an app has a handful. Short
+#: ones only, so that what the cache holds stays small.
 _STATUS_CODES: dict[str, int] = {}
 _MOST_STATUS_LINES = 512
+_LONGEST_CACHED_LINE = 64
 
 
 def _status_code(status: str) -> int:
-    """The code of a status line; 0 for one that has no three-digit code."""
+    """The code of a status line; 0 for one that has no three-digit code,
+    or that is not a string (the server refuses it, not the log)."""
+    if type(status) is not str:
+        # A subclass may hash or compare as it likes: its plain text is read.
+        return _status_code(str.__str__(status)) if isinstance(status, str) else 0
     code = _STATUS_CODES.get(status)
     if code is None:
-        try:
-            code = int(status[:3])
-        except ValueError:
-            code = 0
+        digits = status[:3]
+        code = int(digits) if digits.isascii() and digits.isdigit() else 0
         if not (100 <= code <= 999 and status[3:4] in ("", " ")):
             code = 0
-        if len(_STATUS_CODES) < _MOST_STATUS_LINES:
+        if len(status) <= _LONGEST_CACHED_LINE and len(_STATUS_CODES) < _MOST_STATUS_LINES:
             _STATUS_CODES[status] = code
     return code
 
@@ -305,8 +311,20 @@ class ApiKeyMiddleware(KeyGuard):
             return start_response(status, headers, exc_info)
 
         try:
-            return self.app(environ, logging_start_response)
+            body = self.app(environ, logging_start_response)
         except BaseException:
             if not logged:
                 record(key_id, method, path, 500, address, accepted)
             raise
+        if logged:
+            return body
+
+        # A generator starts the response as it is read: if reading it fails
+        # first, the server answers 500 and closes it.
+        def closed() -> None:
+            nonlocal logged
+            if not logged:
+                logged = True
+                record(key_id, method, path, 500, address, accepted)
+
+        return ClosingIterator(body, closed)

@@ -109,7 +109,7 @@ class UsageWriter:
         self._groups: dict[Group, list[float]] = {}
         # Per key id: the minute, and the refused methods and paths seen in it.
         # Hashes, not the strings: this memory is outside the buffer's bounds.
-        self._refused: LRUCache[str, tuple[int, set[int]]] = LRUCache(4096)
+        self._refused: LRUCache[str, tuple[int, set[int], set[str | None]]] = LRUCache(4096)
         self._pending_bytes = 0  # of the buffer and of the batches in flight
         # Taken from the buffer for a write not yet done: requests, and rows.
         self._in_flight = 0
@@ -205,7 +205,9 @@ class UsageWriter:
             remote_addr = remote_addr[:MAX_ADDRESS_LENGTH]
         with self._state_lock:
             if not accepted:
-                method, path = self._refused_target(key_id, minute, method, path)
+                method, path, remote_addr = self._refused_target(
+                    key_id, minute, method, path, remote_addr
+                )
             group = (key_id, minute, method, path, status, remote_addr)
             count = self._groups.get(group)
             if count is not None and not self._closed:
@@ -229,24 +231,32 @@ class UsageWriter:
         elif rows >= self.batch_size:
             self._wake.set()
 
-    def _refused_target(self, key_id: str, minute: int, method: str, path: str) -> tuple[str, str]:
+    def _refused_target(
+        self, key_id: str, minute: int, method: str, path: str, address: str | None
+    ) -> tuple[str, str, str | None]:
         """Key ids are public: anyone may send refused requests for one, to
-        as many paths as they like. Past :data:`REFUSED_TARGETS` methods and
-        paths in a minute, a key's refused requests are logged as ``*``
-        ``*``, still counted exactly, by status and address, so that they
-        cannot flood its log with rows."""
+        as many paths, from as many addresses, as they like. Past
+        :data:`REFUSED_TARGETS` methods and paths, or addresses, in a
+        minute, a key's refused requests are logged with ``*`` for them,
+        still counted exactly by status, so that they cannot flood its log
+        with rows."""
         seen = self._refused.get(key_id)
         if seen is None or seen[0] != minute:
-            seen = (minute, set())
+            seen = (minute, set(), set())
             self._refused.set(key_id, seen)
-        targets = seen[1]
+        _, targets, addresses = seen
         target = hash((method, path))
-        if target in targets:
-            return method, path
-        if len(targets) >= REFUSED_TARGETS:
-            return "*", "*"
-        targets.add(target)
-        return method, path
+        if target not in targets:
+            if len(targets) >= REFUSED_TARGETS:
+                method, path = "*", "*"
+            else:
+                targets.add(target)
+        if address not in addresses:
+            if len(addresses) >= REFUSED_TARGETS:
+                address = "*"
+            else:
+                addresses.add(address)
+        return method, path, address
 
     def _start(self) -> None:
         with self._state_lock:

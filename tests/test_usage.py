@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import tracemalloc
@@ -17,6 +18,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.test import Client, create_environ, run_wsgi_app
 
 from apikey_middleware import ApiKeyMiddleware, IssuedKey, SQLAlchemyKeyStore
+from apikey_middleware import middleware as middleware_module
 from apikey_middleware.flask import ApiKeys, require_scopes
 from apikey_middleware.keys import generate_key
 from apikey_middleware.usage import REFUSED_TARGETS, UsageRecord, UsageWriter
@@ -127,6 +129,9 @@ def test_app_status_is_logged_even_when_the_app_fails(
         ("", 0),
         ("-10 Negative", 0),
         (" 20 Spaced", 0),
+        ("٢٠٠ Arabic-Indic digits", 0),
+        ("２００ Fullwidth digits", 0),
+        ("404 " + "long reason " * 100, 404),
     ],
 )
 def test_the_code_of_any_status_line_is_logged_or_zero_when_it_has_none(
@@ -142,6 +147,61 @@ def test_the_code_of_any_status_line_is_logged_or_zero_when_it_has_none(
     guarded.close()
     assert [row[2] for row in logged(sqlite_store, key.id)] == [code]
     assert requests_logged(sqlite_store, key.id) == 2
+    # Only short lines are remembered: an app's long reasons cost no memory.
+    assert all(len(known) <= 64 for known in middleware_module._STATUS_CODES)
+
+
+class _OddStatus(str):
+    """A status line that will not be hashed."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        raise ValueError("no hashing")
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(200, 0), (None, 0), (b"200 OK", 0), (_OddStatus("418 Teapot"), 418)]
+)
+def test_a_status_that_is_not_a_plain_string_is_logged_not_raised(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey, status: object, code: int
+) -> None:
+    seen: list[object] = []
+
+    def answering(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start_response(status, [])  # type: ignore[arg-type]
+        return [b""]
+
+    def server_start_response(status: object, headers: object, exc_info: object = None) -> None:
+        seen.append(status)
+
+    guarded = ApiKeyMiddleware(answering, sqlite_store)
+    guarded(create_environ("/x", headers=bearer(key.key)), server_start_response)  # type: ignore[arg-type]
+    guarded.close()
+    assert seen == [status]  # the server gets it, to refuse as it will
+    assert [row[2] for row in logged(sqlite_store, key.id)] == [code]
+
+
+def test_a_generator_that_fails_before_it_starts_the_response_is_logged_as_500(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    def streaming(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
+        if environ["PATH_INFO"] == "/fails":
+            raise RuntimeError("app bug")
+        start_response("200 OK", [])
+        yield b"streamed"
+
+    guarded = ApiKeyMiddleware(streaming, sqlite_store)
+    for path in ("/fails", "/works"):
+        # As a WSGI server does: read the body, close it whatever happens.
+        body = guarded(create_environ(path, headers=bearer(key.key)), lambda *args: None)  # type: ignore[arg-type]
+        try:
+            with contextlib.suppress(RuntimeError):
+                assert list(body) == [b"streamed"]
+        finally:
+            body.close()  # type: ignore[attr-defined]
+    guarded.close()
+    assert [row[1:3] for row in logged(sqlite_store, key.id)] == [("/fails", 500), ("/works", 200)]
 
 
 def test_the_path_logged_is_the_one_judged_even_when_a_dispatcher_rewrites_it(
@@ -507,6 +567,23 @@ def test_refused_requests_to_many_paths_cannot_flood_a_keys_log(
     assert len(refused) <= (REFUSED_TARGETS + 2) * minutes
     accepted = [row for row in rows if row.status == 200]
     assert sorted(row.path for row in accepted) == sorted(f"/mine/{n}" for n in range(30))
+
+
+def test_refused_requests_from_ever_new_addresses_cannot_flood_a_keys_log(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    """A client that varies its address (a trusted X-Forwarded-For, an IPv6
+    /64) as well as its path still leaves a bounded number of rows."""
+    writer = UsageWriter(sqlite_store, interval=3600)
+    for number in range(500):
+        writer.record(key.id, "GET", f"/p/{number}", 401, f"2001:db8::{number:x}", False)
+    writer.close()
+    rows = sqlite_store.usage(key.id)
+    assert sum(row.requests for row in rows) == 500
+    minutes = len({row.occurred_at.replace(second=0, microsecond=0) for row in rows})
+    # The first paths and addresses as they were, then "*" for either.
+    assert len(rows) <= (2 * REFUSED_TARGETS + 1) * minutes
+    assert ("*", "*", "*") in {(row.method, row.path, row.remote_addr) for row in rows}
 
 
 def test_what_refused_requests_leave_in_memory_is_bounded(sqlite_store: SQLAlchemyKeyStore) -> None:
