@@ -16,7 +16,10 @@ def check_aware(what: str, value: datetime | None) -> datetime | None:
         return None
     if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must be a timezone-aware datetime or a timedelta")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{what} is out of the range of dates") from None
 
 
 def moment(
@@ -26,12 +29,16 @@ def moment(
     far ahead with ``ahead`` (an expiry), that far back otherwise (``since``,
     ``before``); in UTC, or ``None``.
 
-    :raises ValueError: a naive datetime, or a negative timedelta.
+    :raises ValueError: a naive datetime, a negative timedelta, or a time
+        out of the range of dates.
     """
     if isinstance(value, timedelta):
         if value < timedelta(0):
             raise ValueError(f"{what} must not be a negative timedelta")
-        return utcnow() + value if ahead else utcnow() - value
+        try:
+            return utcnow() + value if ahead else utcnow() - value
+        except OverflowError:
+            raise ValueError(f"{what} is out of the range of dates") from None
     return check_aware(what, value)
 
 

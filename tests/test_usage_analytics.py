@@ -8,7 +8,7 @@ import logging
 import threading
 import typing as t
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -345,3 +345,27 @@ def test_a_forked_child_writes_its_own_rows_not_its_parents(
         by_path[row.path] = by_path.get(row.path, 0) + row.requests
     assert writer.written == 6
     assert by_path == {"/parent": 6, "/child": 1}
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        timedelta(days=10**6),
+        timedelta.max,
+        datetime.min.replace(tzinfo=timezone(timedelta(hours=14))),
+        datetime.max.replace(tzinfo=timezone(timedelta(hours=-14))),
+    ],
+)
+def test_a_time_out_of_the_range_of_dates_is_a_value_error(
+    sqlite_store: SQLAlchemyKeyStore, moment: datetime | timedelta
+) -> None:
+    issued = sqlite_store.create_key("n")
+    calls: list[t.Callable[[], object]] = [
+        lambda: sqlite_store.usage(issued.id, since=moment),
+        lambda: sqlite_store.usage_summary(key_id=issued.id, since=moment),
+        lambda: sqlite_store.usage_summary(key_id=issued.id, until=moment),
+        lambda: sqlite_store.prune_usage(moment),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="out of the range of dates"):
+            call()
