@@ -115,6 +115,12 @@ def test_json_gives_the_rows_or_the_buckets(url: str, store: SQLAlchemyKeyStore)
     rows = json.loads(run(url, "usage", issued.id, "--json", "--since", "1h").stdout)
     assert {row["status"] for row in rows} <= {200, 201, 404, 500}
     assert all(row["requests"] >= 1 for row in rows)
+    # The newest 1000 rows by default (a flooded key's log is huge), or --limit.
+    every = json.loads(run(url, "usage", issued.id, "--json").stdout)
+    assert len(every) == 24 * 4 - 14  # fill's rows, those of no request left out
+    newest = json.loads(run(url, "usage", issued.id, "--json", "--limit", "3").stdout)
+    assert newest == every[:3]
+    assert run(url, "usage", issued.id, "--json", "--limit", "0").exit_code == 2
 
 
 def test_a_short_since_shows_the_paths_and_rows_of_the_buckets_it_charts(

@@ -25,6 +25,9 @@ from ._common import (
 
 _WIDTH = 80
 _LATEST = 20
+#: The newest rows ``--json`` prints by default: a flooded key's whole log
+#: would take gigabytes.
+_JSON_ROWS = 1000
 _TOP_PATHS = 5
 #: The range a chart covers when --since is not given (None: all of it).
 _DEFAULT_SPAN: dict[str, timedelta | None] = {
@@ -193,6 +196,13 @@ def _latest_line(row: tuple[datetime, int, str, str, str | None, int]) -> str:
     help="Print JSON: the key's latest rows, or with --by or --owner the buckets.",
 )
 @click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=_JSON_ROWS,
+    show_default=True,
+    help="With --json and no --by: the newest rows printed, at most.",
+)
+@click.option(
     "--older-than",
     callback=duration_option,
     help="With 'prune': delete usage older than this (90d, ...), from the start of its day.",
@@ -204,6 +214,7 @@ def usage(
     since: timedelta | None,
     by: Bucket | None,
     as_json: bool,
+    limit: int,
     older_than: timedelta | None,
 ) -> None:
     """Requests made with a key: a chart by status class, its top paths and
@@ -225,7 +236,7 @@ def usage(
         raise click.UsageError("give a key's ID, or --owner")
     record = get_record(key_id)
     if as_json and by is None:
-        rows = store().usage(record.id, since=start)
+        rows = store().usage(record.id, since=start, limit=limit)
         click.echo(json.dumps([usage_json(row) for row in rows], indent=2))
         return
     by = by or "day"
