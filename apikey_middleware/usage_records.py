@@ -138,5 +138,9 @@ def stored_path(raw: str) -> str:
 def stored_text(raw: str) -> str:
     """A method or an address as the usage log keeps it: printable ASCII as
     it is, anything else percent-encoded as a path is (a surrogate or a
-    control character must not reach the database)."""
-    return raw if raw.isascii() and raw.isprintable() else stored_path(raw)
+    control character must not reach the database); a key masked in
+    either."""
+    if raw.isascii() and raw.isprintable():
+        # An address comes from a header where a proxy is trusted: anything.
+        return redact_keys(raw)
+    return stored_path(raw)

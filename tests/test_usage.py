@@ -20,8 +20,8 @@ from werkzeug.test import Client, create_environ, run_wsgi_app
 from apikey_middleware import ApiKeyMiddleware, IssuedKey, SQLAlchemyKeyStore
 from apikey_middleware import middleware as middleware_module
 from apikey_middleware.flask import ApiKeys, require_scopes
-from apikey_middleware.keys import generate_key
-from apikey_middleware.usage import REFUSED_TARGETS, UsageRecord, UsageWriter
+from apikey_middleware.keys import generate_key, redact_keys
+from apikey_middleware.usage import MAX_ADDRESS_LENGTH, REFUSED_TARGETS, UsageRecord, UsageWriter
 
 from .conftest import TEST_ROUNDS, RecordingApp, StoreFactory, bearer
 
@@ -522,6 +522,31 @@ def test_paths_are_stored_as_on_the_wire_with_keys_masked(
         "/a%20b/100%25",
     }
     assert all(path.isascii() and path.isprintable() for path in stored)
+
+
+def test_a_key_cut_in_two_a_bare_secret_or_a_key_as_address_is_masked(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    """What a client may put where the log looks: halves of a key split by
+    a slash, the secret without its prefix, a key in a forwarded address."""
+    secret = key.key.rsplit("_", 1)[1]
+    writer = UsageWriter(sqlite_store, interval=3600)
+    writer.record(key.id, "GET", f"/zz5/{key.key[:30]}/{key.key[30:]}", 200, "10.0.0.1")
+    writer.record(key.id, "GET", f"/zz8/{secret}", 200, "10.0.0.1")
+    writer.record(key.id, "GET", "/x", 200, key.key)
+    writer.record(key.id, "GET", "/y", 200, secret)
+    writer.close()
+    stored = {(row.path, row.remote_addr) for row in sqlite_store.usage(key.id)}
+    assert stored == {
+        ("/zz5/(an API key, not shown)/(an API key, not shown)", "10.0.0.1"),
+        ("/zz8/(an API key, not shown)", "10.0.0.1"),
+        ("/x", "(an API key, not shown)"[:MAX_ADDRESS_LENGTH]),
+        ("/y", "(an API key, not shown)"[:MAX_ADDRESS_LENGTH]),
+    }
+    # Ids, words and UUIDs in paths stay readable.
+    for path in (f"/keys/{key.id}", "/v1/clients/550e8400-e29b-41d4-a716-446655440000",
+                 "/reports/annual-summary-2026"):  # fmt: skip
+        assert redact_keys(path) == path
 
 
 def test_a_row_the_database_refuses_is_dropped_alone(
