@@ -21,15 +21,14 @@ import os
 import threading
 import time
 import weakref
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import exc
 
 from ._checks import integer, number
-from ._lru import LRUCache
 from ._time import utcnow
 from .schema import MAX_PATH_LENGTH
-from .usage_records import Batch, Group, batches_of, size_of
+from .usage_records import Batch, Group, RefusedTargets, batches_of, size_of
 from .usage_records import UsageRecord as UsageRecord
 from .usage_records import UsageSink as UsageSink
 
@@ -109,13 +108,14 @@ class UsageWriter:
         self._groups: dict[Group, list[float]] = {}
         # Per key id: the minute, and the refused methods and paths seen in it.
         # Hashes, not the strings: this memory is outside the buffer's bounds.
-        self._refused: LRUCache[str, tuple[int, set[int], set[str | None]]] = LRUCache(4096)
+        self._refused = RefusedTargets(REFUSED_TARGETS)
         self._pending_bytes = 0  # of the buffer and of the batches in flight
         # Taken from the buffer for a write not yet done: requests, and rows.
         self._in_flight = 0
         self._in_flight_rows = 0
         self._retry: list[Batch] = []  # batches whose write failed, in order
         self._next_prune = 0.0  # time.monotonic() of the next pruning
+        self._pruner: threading.Thread | None = None
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -205,7 +205,7 @@ class UsageWriter:
             remote_addr = remote_addr[:MAX_ADDRESS_LENGTH]
         with self._state_lock:
             if not accepted:
-                method, path, remote_addr = self._refused_target(
+                method, path, remote_addr = self._refused.target(
                     key_id, minute, method, path, remote_addr
                 )
             group = (key_id, minute, method, path, status, remote_addr)
@@ -231,33 +231,6 @@ class UsageWriter:
         elif rows >= self.batch_size:
             self._wake.set()
 
-    def _refused_target(
-        self, key_id: str, minute: int, method: str, path: str, address: str | None
-    ) -> tuple[str, str, str | None]:
-        """Key ids are public: anyone may send refused requests for one, to
-        as many paths, from as many addresses, as they like. Past
-        :data:`REFUSED_TARGETS` methods and paths, or addresses, in a
-        minute, a key's refused requests are logged with ``*`` for them,
-        still counted exactly by status, so that they cannot flood its log
-        with rows."""
-        seen = self._refused.get(key_id)
-        if seen is None or seen[0] != minute:
-            seen = (minute, set(), set())
-            self._refused.set(key_id, seen)
-        _, targets, addresses = seen
-        target = hash((method, path))
-        if target not in targets:
-            if len(targets) >= REFUSED_TARGETS:
-                method, path = "*", "*"
-            else:
-                targets.add(target)
-        if address not in addresses:
-            if len(addresses) >= REFUSED_TARGETS:
-                address = "*"
-            else:
-                addresses.add(address)
-        return method, path, address
-
     def _start(self) -> None:
         with self._state_lock:
             if self._thread is None and not self._closed:
@@ -272,7 +245,7 @@ class UsageWriter:
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._wake = threading.Event()
-        self._thread = None
+        self._thread = self._pruner = None
         self._groups = {}
         self._pending_bytes = 0
         self._in_flight = 0
@@ -293,12 +266,24 @@ class UsageWriter:
                 logger.exception("usage log writer failed; it keeps running")
 
     def _prune_if_due(self) -> None:
-        """Delete usage older than :attr:`retention`, at most once an hour."""
+        """Start deleting usage older than :attr:`retention`, at most once an
+        hour, in a thread of its own: a large prune takes minutes, and the
+        writer's writes go on meanwhile."""
         if self.retention is None or time.monotonic() < self._next_prune:
             return
+        pruner = self._pruner
+        if pruner is not None and pruner.is_alive():
+            return
         self._next_prune = time.monotonic() + 3600
+        before = utcnow() - self.retention
+        self._pruner = threading.Thread(
+            target=self._prune, args=(before,), name="apikey-usage-pruner", daemon=True
+        )
+        self._pruner.start()
+
+    def _prune(self, before: datetime) -> None:
         try:
-            deleted = self.store.prune_usage(utcnow() - self.retention)  # type: ignore[attr-defined]
+            deleted = self.store.prune_usage(before)  # type: ignore[attr-defined]
         except Exception as error:
             logger.error(
                 "could not delete old usage, will try in an hour: %s: %s",

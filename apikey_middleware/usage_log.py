@@ -347,8 +347,10 @@ class UsageLog:
                     .all()
                 )
                 if ids:
-                    connection.execute(sa.delete(usage_table).where(columns.id.in_(ids)))
-            deleted += len(ids)
+                    # What this delete removed: another process may prune too.
+                    deleted += connection.execute(
+                        sa.delete(usage_table).where(columns.id.in_(ids))
+                    ).rowcount
             if len(ids) < PRUNE_BATCH:
                 break
         rollups = rollups_table.c

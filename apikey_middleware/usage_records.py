@@ -14,6 +14,7 @@ import typing as t
 import urllib.parse
 from datetime import UTC, datetime
 
+from ._lru import LRUCache
 from .keys import redact_keys
 from .schema import MAX_PATH_LENGTH
 
@@ -144,3 +145,38 @@ def stored_text(raw: str) -> str:
         # An address comes from a header where a proxy is trusted: anything.
         return redact_keys(raw)
     return stored_path(raw)
+
+
+class RefusedTargets:
+    """Key ids are public: anyone may send refused requests for one, to as
+    many paths, from as many addresses, as they like. Past ``most`` methods
+    and paths, or addresses, in a minute, a key's refused requests are
+    logged with ``*`` for them, still counted exactly by status, so that
+    they cannot flood its log with rows. Not thread-safe: the writer calls
+    it under its lock."""
+
+    def __init__(self, most: int, keys: int = 4096) -> None:
+        self.most = most
+        self._seen: LRUCache[str, tuple[int, set[int], set[str | None]]] = LRUCache(keys)
+
+    def target(
+        self, key_id: str, minute: int, method: str, path: str, address: str | None
+    ) -> tuple[str, str, str | None]:
+        """The method, path and address a refused request is logged with."""
+        seen = self._seen.get(key_id)
+        if seen is None or seen[0] != minute:
+            seen = (minute, set(), set())
+            self._seen.set(key_id, seen)
+        _, targets, addresses = seen
+        target = hash((method, path))
+        if target not in targets:
+            if len(targets) >= self.most:
+                method, path = "*", "*"
+            else:
+                targets.add(target)
+        if address not in addresses:
+            if len(addresses) >= self.most:
+                address = "*"
+            else:
+                addresses.add(address)
+        return method, path, address

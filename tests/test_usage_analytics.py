@@ -20,7 +20,7 @@ from apikey_middleware.schema import batches_table, rollups_table, usage_table
 from apikey_middleware.usage import UsageWriter
 from apikey_middleware.usage_log import PRUNE_BATCH
 
-from .conftest import RecordingApp, StoreFactory, bearer, make_app
+from .conftest import RecordingApp, StoreFactory, bearer, make_app, wait_until
 
 BASE = datetime(2030, 5, 1, 10, 0, tzinfo=UTC)
 
@@ -231,15 +231,35 @@ def test_the_writer_applies_the_retention_when_it_starts(
         Client(guarded).get("/", headers=bearer(issued.key))  # starts the writer
         writer = guarded.usage
         assert writer is not None
-        deadline = threading.Event()
-        for _ in range(200):
-            if len(store.usage(issued.id)) == 2:
-                break
-            deadline.wait(0.05)
+        wait_until(lambda: "deleted 1 usage rows older than the retention" in caplog.text)
         guarded.close()
     assert [r.occurred_at.date() for r in store.usage(issued.id)] == [now.date()] * 2
-    assert "deleted 1 usage rows older than the retention" in caplog.text
     assert writer._next_prune > 0  # the next one an hour later, not before
+
+
+def test_writes_go_on_while_a_long_prune_runs(store_factory: StoreFactory) -> None:
+    """Pruning a large table takes minutes: the usage of that time is
+    written meanwhile, each second, not held back until the prune ends."""
+    store = store_factory()
+    issued = store.create_key("n")
+    release = threading.Event()
+    pruning = threading.Event()
+    prune = store.prune_usage
+
+    def slow_prune(before: datetime | timedelta) -> int:
+        pruning.set()
+        release.wait(30)
+        return prune(before)
+
+    store.prune_usage = slow_prune  # type: ignore[method-assign]
+    writer = UsageWriter(store, retention=timedelta(days=1), interval=0.05)
+    try:
+        writer.record(issued.id, "GET", "/during", 200, None)
+        assert pruning.wait(10)
+        wait_until(lambda: [r.path for r in store.usage(issued.id)] == ["/during"])
+    finally:
+        release.set()
+        writer.close()
 
 
 def test_retention_is_refused_where_it_cannot_apply(store_factory: StoreFactory) -> None:
@@ -268,7 +288,11 @@ def test_a_failed_prune_is_logged_and_tried_again_an_hour_later(
         connection.execute(sa.text(f"DROP TABLE {usage_table.name}"))
     with caplog.at_level(logging.ERROR, logger="apikey_middleware"):
         writer._prune_if_due()
+        assert writer._pruner is not None
+        writer._pruner.join(10)
         writer._prune_if_due()  # not due again so soon
+    assert writer._pruner is not None
+    writer._pruner.join(10)
     assert caplog.text.count("could not delete old usage, will try in an hour") == 1
     writer.close()
 
