@@ -100,6 +100,9 @@ LEGACY_BUDGET = 3
 LEGACY_WINDOW = 60.0
 
 #: Messages of a database that has no key table yet, by backend.
+#: Seconds between reports of one outage: the first failure is logged at
+#: once, later ones are counted into the next report.
+OUTAGE_REPORT_INTERVAL = 60.0
 _MISSING_TABLE = ("no such table", "does not exist", "doesn't exist")
 
 
@@ -163,6 +166,9 @@ class Verifier:
         # at a time that may try it meanwhile.
         self._down_until = 0.0
         self._probe = threading.Lock()
+        # The outage being reported: when last, and the failures since.
+        self._reported_at: float | None = None
+        self._unreported = 0
 
     def __repr__(self) -> str:
         return f"Verifier(remembered={self.remembered}, channel={self.channel!r})"
@@ -288,6 +294,9 @@ class Verifier:
             if probing:
                 self._probe.release()
         self._down_until = 0.0
+        if self._reported_at is not None:
+            self._reported_at = None
+            logger.warning("API key store answers again")
         return row
 
     def _read_now(self, key_id: str, probing: bool) -> AuthRow | None:
@@ -327,7 +336,13 @@ class Verifier:
                 self.engine.url.render_as_string(hide_password=True),
             )
             return StoreUnavailableError("the API key tables are missing: run init-db")
-        logger.error("API key store unavailable, refusing requests: %s", detail)
+        now = time.monotonic()
+        if self._reported_at is None or now - self._reported_at >= OUTAGE_REPORT_INTERVAL:
+            since = f" ({self._unreported} more refused since)" if self._unreported else ""
+            self._reported_at, self._unreported = now, 0
+            logger.error("API key store unavailable, refusing requests: %s%s", detail, since)
+        else:
+            self._unreported += 1
         return StoreUnavailableError(detail)
 
     def _has_tables(self) -> bool:

@@ -259,3 +259,29 @@ def test_after_one_timeout_the_next_requests_are_refused_at_once_until_it_answer
     proxy.forward()
     assert client.get("/", headers=bearer(issued.key)).status_code == 200  # the next one tries
     proxy.close()
+
+
+def test_an_outage_is_reported_once_a_minute_not_once_a_request(
+    store_factory: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused connection fails each request at once: a busy server
+    would write a line per request, thousands a minute."""
+    direct = sa.make_url(server_url("postgresql"))
+    proxy = TcpProxy(direct.port or 5432)
+    url = direct.set(port=proxy.port).render_as_string(hide_password=False)
+    store = store_factory(url, timeout=1)
+    issued = store.create_key("n")
+    client = Client(ApiKeyMiddleware(RecordingApp(), store, log_usage=False))
+    assert client.get("/", headers=bearer(issued.key)).status_code == 200
+    with caplog.at_level(logging.WARNING, logger="apikey_middleware"):
+        proxy.refuse()
+        statuses = [client.get("/", headers=bearer(issued.key)).status_code for _ in range(50)]
+        assert statuses == [503] * 50
+        assert caplog.text.count("API key store unavailable") == 1
+        proxy.forward()
+        assert client.get("/", headers=bearer(issued.key)).status_code == 200
+        assert "API key store answers again" in caplog.text
+        proxy.refuse()  # a new outage: reported at once
+        assert client.get("/", headers=bearer(issued.key)).status_code == 503
+        assert caplog.text.count("API key store unavailable") == 2
+    proxy.close()
