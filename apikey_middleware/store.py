@@ -301,7 +301,9 @@ class SQLAlchemyKeyStore(UsageQueries):
         if owner is not None:
             query = query.where(ApiKey.owner == owner)
         with self._session() as session:
-            return [KeyRecord.from_model(model) for model in session.scalars(query)]
+            records = [KeyRecord.from_model(model) for model in session.scalars(query)]
+        # MySQL compares text regardless of case: "acme" finds "ACME"'s keys.
+        return records if owner is None else [r for r in records if r.owner == owner]
 
     def revoke(self, key_id: str) -> KeyRecord:
         """Revoke ``key_id`` now, for every process that uses this database.

@@ -293,8 +293,7 @@ class UsageLog:
         if key_id is not None:
             query = query.where(columns.key_id == key_id)
         if owner is not None:
-            owned = sa.select(keys_table.c.id).where(keys_table.c.owner == owner)
-            query = query.where(columns.key_id.in_(owned))
+            query = query.where(columns.key_id.in_(self._owned(owner)))
         if since is not None:
             query = query.where(columns.start >= bucket_start(since, bucket))
         if until is not None:
@@ -306,6 +305,14 @@ class UsageLog:
                     buckets.append(UsageBucket(start, 0, {}))
                 buckets[-1].by_status[status] = int(requests)
         return [item._replace(requests=sum(item.by_status.values())) for item in buckets]
+
+    def _owned(self, owner: str) -> list[str]:
+        """The ids of ``owner``'s keys. Compared again here: MySQL compares
+        text regardless of case (``acme`` finds ``ACME``'s keys)."""
+        keys = keys_table.c
+        query = sa.select(keys.id, keys.owner).where(keys.owner == owner)
+        with self.engine.connect() as connection:
+            return [key_id for key_id, found in connection.execute(query) if found == owner]
 
     def top_paths(
         self, key_id: str, *, since: datetime | None = None, limit: int = 10

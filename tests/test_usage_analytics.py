@@ -393,3 +393,17 @@ def test_a_time_out_of_the_range_of_dates_is_a_value_error(
     for call in calls:
         with pytest.raises(ValueError, match="out of the range of dates"):
             call()
+
+
+def test_an_owner_is_its_exact_text_on_every_database(store: SQLAlchemyKeyStore) -> None:
+    """MySQL compares text regardless of case: an owner's keys and usage
+    must not take in those of an owner whose name differs only in case."""
+    mine = store.create_key("mine", owner="acme")
+    theirs = store.create_key("theirs", owner="ACME")
+    now = datetime.now(UTC)
+    store.record_usage([row(mine.id, now), row(theirs.id, now), row(theirs.id, now, status=404)])
+    assert [record.id for record in store.list_keys(owner="acme")] == [mine.id]
+    assert [record.id for record in store.list_keys(owner="ACME")] == [theirs.id]
+    (bucket,) = store.usage_summary(owner="acme", bucket="day")
+    assert bucket.by_status == {200: 1}
+    assert store.usage_summary(owner="Acme", bucket="day") == []
