@@ -114,6 +114,9 @@ def test_create_with_expiry(url: str, store: SQLAlchemyKeyStore) -> None:
         pytest.param(["--expires-in", "30x"], "not a duration", id="bad-duration"),
         pytest.param(["--expires-in", "-5d"], "not a duration", id="negative-duration"),
         pytest.param(["--expires-in", "999999w"], "longer than 100 years", id="huge-duration"),
+        pytest.param(
+            ["--expires-in", "999999w" * 143], "longer than 100 years", id="overflowing-sum"
+        ),
         pytest.param(["--type", "prod"], "'prod' is not one of", id="bad-type"),
     ],
 )

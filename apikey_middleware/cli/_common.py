@@ -49,8 +49,8 @@ def parse_duration(text: str) -> timedelta:
     total = timedelta(0)
     for amount, unit in _DURATION_PART_RE.findall(text):
         total += timedelta(**{_UNITS[unit]: int(amount)})
-    if total > _MAX_DURATION:
-        raise ValueError(f"{shown_safely(text)} is longer than 100 years")
+        if total > _MAX_DURATION:  # before a sum of many parts overflows
+            raise ValueError(f"{shown_safely(text)} is longer than 100 years")
     return total
 
 
