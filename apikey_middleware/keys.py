@@ -123,12 +123,12 @@ def is_key_id(value: str) -> bool:
 
 # A key prefix and enough after it to be a key, or most of one; or a key's
 # body without its prefix: an id, an underscore and most of a secret (which,
-# random base 62, holds upper case letters and digits); or a secret on its
+# random base 62, holds upper case letters); or a secret on its
 # own, or the part of one left after a key cut in two: 20 or more base 62
 # characters with upper case letters and digits among them.
 _KEYISH_RE = re.compile(
     rf"sk_(?:test|live)_[A-Za-z0-9_]{{8,}}"
-    rf"|[a-z0-9]{{{ID_LENGTH}}}_(?=[A-Za-z0-9]*[A-Z])(?=[A-Za-z0-9]*[0-9])[A-Za-z0-9]{{16,}}"
+    rf"|[a-z0-9]{{{ID_LENGTH}}}_(?=[A-Za-z0-9]*[A-Z])[A-Za-z0-9]{{16,}}"
     r"|(?<![A-Za-z0-9])(?=[A-Za-z0-9]*[A-Z])(?=[A-Za-z0-9]*[0-9])[A-Za-z0-9]{20,}"
 )
 

@@ -543,6 +543,9 @@ def test_a_key_cut_in_two_a_bare_secret_or_a_key_as_address_is_masked(
         ("/x", "(an API key, not shown)"[:MAX_ADDRESS_LENGTH]),
         ("/y", "(an API key, not shown)"[:MAX_ADDRESS_LENGTH]),
     }
+    # A key without its prefix whose secret happens to hold no digit.
+    digitless = f"{key.id}_{'AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGh'}"
+    assert redact_keys(f"/k/{digitless}") == "/k/(an API key, not shown)"
     # Ids, words and UUIDs in paths stay readable.
     for path in (f"/keys/{key.id}", "/v1/clients/550e8400-e29b-41d4-a716-446655440000",
                  "/reports/annual-summary-2026"):  # fmt: skip
