@@ -287,3 +287,14 @@ def test_a_long_range_by_minute_shows_only_the_minutes_with_requests(
     assert len(minutes) == 2  # not 10,080 lines
     assert "2xx 1" in minutes[0]
     assert "4xx 1" in minutes[1]
+
+
+def test_an_odd_owner_gets_a_short_clear_error(url: str, store: SQLAlchemyKeyStore) -> None:
+    store.create_key("n", owner="acme")
+    surrogate = run(url, "usage", "--owner", "\udcff\udcfe")
+    assert surrogate.exit_code == 2
+    assert "is not valid text" in surrogate.output
+    assert "codec" not in surrogate.output
+    long = run(url, "usage", "--owner", "x" * 5000)
+    assert long.exit_code == 1
+    assert len(long.output) < 200

@@ -65,6 +65,17 @@ def duration_option(
         raise click.BadParameter(str(error), ctx, param) from None
 
 
+def owner_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An owner is text a database can hold: a lone surrogate (bytes a
+    shell could not decode) is refused here, not by the driver."""
+    if value is not None and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise click.BadParameter("is not valid text", ctx, param) from None
+    return value
+
+
 def rate_limit_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     return checked_rate_limit(value, ctx, param)
 

@@ -26,6 +26,7 @@ from ._common import (
     get_record,
     group_path,
     moment_option,
+    owner_option,
     rate_limit_option,
     record_json,
     shown,
@@ -90,7 +91,7 @@ _RATE_LIMIT_HELP = "Requests allowed, e.g. 100/minute or '10/second;1000/hour' (
 @click.option(
     "--scope", "scopes", multiple=True, help="A permission, e.g. clients:read. Repeatable."
 )
-@click.option("--owner", help="Who the key belongs to (an account id).")
+@click.option("--owner", callback=owner_option, help="Who the key belongs to (an account id).")
 @click.option("--expires-in", callback=expiry_option, help=_EXPIRES_IN_HELP)
 @click.option("--expires-at", callback=moment_option, help=_EXPIRES_AT_HELP)
 @click.option("--rate-limit", callback=rate_limit_option, help=_RATE_LIMIT_HELP)
@@ -179,7 +180,7 @@ def _list_rows(records: Sequence[KeyRecord], now: datetime) -> list[tuple[str, .
 
 @click.command("list")
 @click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
-@click.option("--owner", help="Only the keys of this owner.")
+@click.option("--owner", callback=owner_option, help="Only the keys of this owner.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON array of the records, whole (no column is cut).")  # fmt: skip
 @store_command

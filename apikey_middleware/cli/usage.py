@@ -16,6 +16,7 @@ from ._common import (
     duration_option,
     get_record,
     group_path,
+    owner_option,
     shown,
     store,
     store_command,
@@ -178,7 +179,11 @@ def _latest_line(row: tuple[datetime, int, str, str, str | None, int]) -> str:
 
 @click.command()
 @click.argument("key_id", metavar="ID|prune", required=False)
-@click.option("--owner", help="Every key of this owner together, instead of one key.")
+@click.option(
+    "--owner",
+    callback=owner_option,
+    help="Every key of this owner together, instead of one key.",
+)
 @click.option(
     "--since",
     callback=duration_option,
@@ -301,7 +306,7 @@ def _bucket_json(item: UsageBucket) -> dict[str, object]:
 def _owner_usage(owner: str, start: datetime | None, by: Bucket, as_json: bool) -> None:
     keys = store().list_keys(include_revoked=True, owner=owner)
     if not keys:
-        raise click.ClickException(f"no API key has the owner {shown(owner)}")
+        raise click.ClickException(f"no API key has the owner {_fit(shown(owner), 60)}")
     start = start if start is not None else _since_default(by)
     buckets = store().usage_summary(owner=owner, since=start, bucket=by)
     title = f"Usage of the {len(keys)} key{'s' * (len(keys) != 1)} of {shown(owner)}"
