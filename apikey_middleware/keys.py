@@ -123,14 +123,22 @@ def is_key_id(value: str) -> bool:
 
 # A key prefix and enough after it to be a key, or most of one; or a key's
 # body without its prefix: an id, an underscore and most of a secret (which,
-# random base 62, holds upper case letters); or a secret on its
-# own, or the part of one left after a key cut in two: 20 or more base 62
-# characters with upper case letters and digits among them.
+# random base 62, holds upper case letters and digits).
 _KEYISH_RE = re.compile(
     rf"sk_(?:test|live)_[A-Za-z0-9_]{{8,}}"
+    rf"|[a-z0-9]{{{ID_LENGTH}}}_(?=[A-Za-z0-9]*[A-Z])(?=[A-Za-z0-9]*[0-9])[A-Za-z0-9]{{16,}}"
+)
+# What a log masks besides: a key's body whose secret happens to hold no
+# digit, a secret on its own, or the half of a key a slash cut off: 20 or
+# more base 62 characters with capitals and digits. Too broad to refuse
+# input with (a name such as "BillingServer2026Primary" is no key), right
+# for text kept where operators read it.
+_SECRETISH_RE = re.compile(
+    rf"{_KEYISH_RE.pattern}"
     rf"|[a-z0-9]{{{ID_LENGTH}}}_(?=[A-Za-z0-9]*[A-Z])[A-Za-z0-9]{{16,}}"
     r"|(?<![A-Za-z0-9])(?=[A-Za-z0-9]*[A-Z])(?=[A-Za-z0-9]*[0-9])[A-Za-z0-9]{20,}"
 )
+_NOT_SHOWN = "(an API key, not shown)"
 
 
 def holds_key(value: str) -> bool:
@@ -140,7 +148,13 @@ def holds_key(value: str) -> bool:
 
 def redact_keys(text: str) -> str:
     """``text`` with everything shaped like a key replaced by a placeholder."""
-    return _KEYISH_RE.sub("(an API key, not shown)", text)
+    return _KEYISH_RE.sub(_NOT_SHOWN, text)
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with anything that may be a key or a secret, or part of
+    one, replaced by a placeholder: for what a log keeps."""
+    return _SECRETISH_RE.sub(_NOT_SHOWN, text)
 
 
 def shown_safely(value: str, limit: int = 60) -> str:

@@ -106,8 +106,6 @@ class UsageWriter:
         #: Rows written (requests logged), since the start.
         self.written = 0
         self._groups: dict[Group, list[float]] = {}
-        # Per key id: the minute, and the refused methods and paths seen in it.
-        # Hashes, not the strings: this memory is outside the buffer's bounds.
         self._refused = RefusedTargets(REFUSED_TARGETS)
         self._pending_bytes = 0  # of the buffer and of the batches in flight
         # Taken from the buffer for a write not yet done: requests, and rows.

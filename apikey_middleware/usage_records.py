@@ -15,7 +15,7 @@ import urllib.parse
 from datetime import UTC, datetime
 
 from ._lru import LRUCache
-from .keys import redact_keys
+from .keys import redact_secrets
 from .schema import MAX_PATH_LENGTH
 
 if t.TYPE_CHECKING:
@@ -133,7 +133,7 @@ def stored_path(raw: str) -> str:
         octets = raw.encode("latin-1")
     except UnicodeEncodeError:  # not a WSGI string: given directly
         octets = raw.encode("utf-8", "surrogatepass")
-    return redact_keys(urllib.parse.quote(octets, safe=_PATH_SAFE))[:MAX_PATH_LENGTH]
+    return redact_secrets(urllib.parse.quote(octets, safe=_PATH_SAFE))[:MAX_PATH_LENGTH]
 
 
 def stored_text(raw: str) -> str:
@@ -143,7 +143,7 @@ def stored_text(raw: str) -> str:
     either."""
     if raw.isascii() and raw.isprintable():
         # An address comes from a header where a proxy is trusted: anything.
-        return redact_keys(raw)
+        return redact_secrets(raw)
     return stored_path(raw)
 
 
@@ -157,7 +157,9 @@ class RefusedTargets:
 
     def __init__(self, most: int, keys: int = 4096) -> None:
         self.most = most
-        self._seen: LRUCache[str, tuple[int, set[int], set[str | None]]] = LRUCache(keys)
+        # Per key id: the minute, and the hashes of the targets and of the
+        # addresses seen in it (this memory is outside the buffer's bounds).
+        self._seen: LRUCache[str, tuple[int, set[int], set[int]]] = LRUCache(keys)
 
     def target(
         self, key_id: str, minute: int, method: str, path: str, address: str | None
@@ -174,9 +176,10 @@ class RefusedTargets:
                 method, path = "*", "*"
             else:
                 targets.add(target)
-        if address not in addresses:
+        source = hash(address)
+        if source not in addresses:
             if len(addresses) >= self.most:
                 address = "*"
             else:
-                addresses.add(address)
+                addresses.add(source)
         return method, path, address

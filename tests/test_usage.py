@@ -20,7 +20,7 @@ from werkzeug.test import Client, create_environ, run_wsgi_app
 from apikey_middleware import ApiKeyMiddleware, IssuedKey, SQLAlchemyKeyStore
 from apikey_middleware import middleware as middleware_module
 from apikey_middleware.flask import ApiKeys, require_scopes
-from apikey_middleware.keys import generate_key, redact_keys
+from apikey_middleware.keys import generate_key, holds_key, redact_secrets
 from apikey_middleware.usage import MAX_ADDRESS_LENGTH, REFUSED_TARGETS, UsageRecord, UsageWriter
 
 from .conftest import TEST_ROUNDS, RecordingApp, StoreFactory, bearer
@@ -545,11 +545,17 @@ def test_a_key_cut_in_two_a_bare_secret_or_a_key_as_address_is_masked(
     }
     # A key without its prefix whose secret happens to hold no digit.
     digitless = f"{key.id}_{'AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGh'}"
-    assert redact_keys(f"/k/{digitless}") == "/k/(an API key, not shown)"
+    assert redact_secrets(f"/k/{digitless}") == "/k/(an API key, not shown)"
     # Ids, words and UUIDs in paths stay readable.
     for path in (f"/keys/{key.id}", "/v1/clients/550e8400-e29b-41d4-a716-446655440000",
                  "/reports/annual-summary-2026"):  # fmt: skip
-        assert redact_keys(path) == path
+        assert redact_secrets(path) == path
+    # The log's broader mask is not the check that refuses input: a name
+    # like this is no key.
+    assert not holds_key("BillingServer2026Primary")
+    assert sqlite_store.create_key("BillingServer2026Primary").record.name == (
+        "BillingServer2026Primary"
+    )
 
 
 def test_a_row_the_database_refuses_is_dropped_alone(
