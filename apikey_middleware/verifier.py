@@ -295,8 +295,8 @@ class Verifier:
                 self._probe.release()
         self._down_until = 0.0
         if self._reported_at is not None:
-            self._reported_at = None
-            logger.warning("API key store answers again")
+            refused, self._reported_at, self._unreported = self._unreported, None, 0
+            logger.warning("API key store answers again (%d more refused since)", refused)
         return row
 
     def _read_now(self, key_id: str, probing: bool) -> AuthRow | None:
