@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import typing as t
 import urllib.parse
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ from .ratelimit import Quota
 from .rules import AccessRule, RuleTable, Verdict
 from .throttle import FailureThrottle
 from .usage import UsageWriter
+from .usage_records import status_code
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -69,28 +71,18 @@ def _query_overrides(query: str, most: int) -> list[str]:
     return found
 
 
-#: Status lines answered, with their codes: an app has a handful. Short
-#: ones only, so that what the cache holds stays small.
-_STATUS_CODES: dict[str, int] = {}
-_MOST_STATUS_LINES = 512
-_LONGEST_CACHED_LINE = 64
-
-
-def _status_code(status: str) -> int:
-    """The code of a status line; 0 for one that has no three-digit code,
-    or that is not a string (the server refuses it, not the log)."""
-    if type(status) is not str:
-        # A subclass may hash or compare as it likes: its plain text is read.
-        return _status_code(str.__str__(status)) if isinstance(status, str) else 0
-    code = _STATUS_CODES.get(status)
-    if code is None:
-        digits = status[:3]
-        code = int(digits) if digits.isascii() and digits.isdigit() else 0
-        if not (100 <= code <= 999 and status[3:4] in ("", " ")):
-            code = 0
-        if len(status) <= _LONGEST_CACHED_LINE and len(_STATUS_CODES) < _MOST_STATUS_LINES:
-            _STATUS_CODES[status] = code
-    return code
+def _log_first(
+    record: t.Callable[[str, str, str, int | str, str | None, bool], None],
+    started: list[str],
+    key_id: str,
+    method: str,
+    path: str,
+    address: str | None,
+    accepted: bool,
+) -> None:
+    """Log a request with the status its response started with, or 500
+    (what the server answers) if it never started."""
+    record(key_id, method, path, status_code(started[0]) if started else 500, address, accepted)
 
 
 class ApiKeyMiddleware(KeyGuard):
@@ -299,32 +291,30 @@ class ApiKeyMiddleware(KeyGuard):
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO") or "/"
         address = environ.get("REMOTE_ADDR")
-        logged = False
+        # The statuses the app started its response with; the first is logged.
+        started: list[str] = []
 
         def logging_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
         ) -> t.Any:
-            nonlocal logged
-            if not logged:
-                logged = True
-                record(key_id, method, path, _status_code(status), address, accepted)
+            started.append(status)
             return start_response(status, headers, exc_info)
 
         try:
             body = self.app(environ, logging_start_response)
         except BaseException:
-            if not logged:
-                record(key_id, method, path, 500, address, accepted)
+            _log_first(record, started, key_id, method, path, address, accepted)
             raise
-        if logged:
+        if started:
+            # The writer reads a line's code, off the request path.
+            status: int | str = started[0]
+            if type(status) is not str:
+                status = status_code(status)
+            record(key_id, method, path, status, address, accepted)
             return body
-
         # A generator starts the response as it is read: if reading it fails
         # first, the server answers 500 and closes it.
-        def closed() -> None:
-            nonlocal logged
-            if not logged:
-                logged = True
-                record(key_id, method, path, 500, address, accepted)
-
-        return ClosingIterator(body, closed)
+        return ClosingIterator(
+            body,
+            functools.partial(_log_first, record, started, key_id, method, path, address, accepted),
+        )

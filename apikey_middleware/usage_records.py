@@ -58,6 +58,30 @@ def size_of(method: str, path: str, remote_addr: str | None) -> int:
     return size if remote_addr is None else size + sys.getsizeof(remote_addr)
 
 
+#: Status lines logged, with their codes: an app has a handful. Short ones
+#: only, so that what the cache holds stays small.
+_STATUS_CODES: dict[str, int] = {}
+_MOST_STATUS_LINES = 512
+_LONGEST_CACHED_LINE = 64
+
+
+def status_code(status: object) -> int:
+    """The code of a status line; 0 for one that has no three-digit code,
+    or that is not a string (the server refuses it, not the log)."""
+    if type(status) is not str:
+        # A subclass may hash or compare as it likes: its plain text is read.
+        return status_code(str.__str__(status)) if isinstance(status, str) else 0
+    code = _STATUS_CODES.get(status)
+    if code is None:
+        digits = status[:3]
+        code = int(digits) if digits.isascii() and digits.isdigit() else 0
+        if not (100 <= code <= 999 and status[3:4] in ("", " ")):
+            code = 0
+        if len(status) <= _LONGEST_CACHED_LINE and len(_STATUS_CODES) < _MOST_STATUS_LINES:
+            _STATUS_CODES[status] = code
+    return code
+
+
 class Batch(t.NamedTuple):
     """Buffered rows made into records, ready to write (and to write again,
     the same, after a failure)."""

@@ -17,8 +17,7 @@ from flask import Flask
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.test import Client, create_environ, run_wsgi_app
 
-from apikey_middleware import ApiKeyMiddleware, IssuedKey, SQLAlchemyKeyStore
-from apikey_middleware import middleware as middleware_module
+from apikey_middleware import ApiKeyMiddleware, IssuedKey, SQLAlchemyKeyStore, usage_records
 from apikey_middleware.flask import ApiKeys, require_scopes
 from apikey_middleware.keys import generate_key, holds_key, redact_secrets
 from apikey_middleware.usage import MAX_ADDRESS_LENGTH, REFUSED_TARGETS, UsageRecord, UsageWriter
@@ -148,7 +147,7 @@ def test_the_code_of_any_status_line_is_logged_or_zero_when_it_has_none(
     assert [row[2] for row in logged(sqlite_store, key.id)] == [code]
     assert requests_logged(sqlite_store, key.id) == 2
     # Only short lines are remembered: an app's long reasons cost no memory.
-    assert all(len(known) <= 64 for known in middleware_module._STATUS_CODES)
+    assert all(len(known) <= 64 for known in usage_records._STATUS_CODES)
 
 
 class _OddStatus(str):
@@ -505,6 +504,34 @@ def test_the_byte_bound_holds_for_paths_of_any_characters(
     assert writer.pending_bytes <= 1_000_000
     assert grown < 1_500_000, grown
     writer.close()
+
+
+def test_requests_waiting_to_be_counted_are_bounded_too(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    """Accepted requests wait, uncounted and without a lock, for the
+    writer's turn: no more than the byte bound allows again, and each one
+    still ends written or dropped."""
+    writer = UsageWriter(
+        sqlite_store, max_pending_bytes=1_000_000, interval=3600, batch_size=100_000
+    )
+    writer.record(key.id, "GET", "/first", 200, None)  # starts the writer
+    sent = 1
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(20_000):
+            # Short paths, each new: the most a waiting request can take.
+            writer.record(key.id, "GET", f"/{n:05}" + "\U0001f600" * 250, 200, "a" * 64)
+            sent += 1
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert peak < 3_000_000, peak
+    assert writer.dropped + writer.pending == sent
+    writer.close()
+    assert writer.written + writer.dropped == sent
+    assert requests_logged(sqlite_store, key.id) == writer.written
 
 
 def test_paths_are_stored_as_on_the_wire_with_keys_masked(
