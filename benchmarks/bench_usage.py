@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from apikey_middleware import ApiKeyMiddleware, SQLAlchemyKeyStore, UsageRecord
 from apikey_middleware.usage import UsageWriter
+from apikey_middleware.usage_buffer import LANE_LENGTH
 
 from ._table import Table, paired
 from .apps import floor_app, hello_app
@@ -30,21 +31,22 @@ from .load import GENERATOR, load, wrk
 SECTION = "usage log"
 #: Seconds between the usage writer's writes, by default.
 WRITER_INTERVAL = 1.0
-#: Requests a variant runs before the next one takes its turn.
-CHUNK = 100
+#: Seconds of requests a variant runs before the next one takes its turn.
+TURN = 0.015
 
 
 def in_process(table: Table, databases: dict[str, str], *, rounds: int, requests: int) -> None:
     """Defaults against the floor, and usage log on against off, the
     writer's work included.
 
-    The variants take turns every :data:`CHUNK` requests, so that a slow
-    spell of a shared machine (they last about a second here) falls on all
-    of them alike. A round holds about one writer interval of requests of
+    The variants take turns of :data:`TURN` seconds, so that a slow spell
+    of a shared machine (they last about a second here) falls on all of
+    them alike. A round holds about one writer interval of requests of
     each variant; the usage log's writer makes the one write it would make
     in that time at the end of the round, timed, and that time is charged
-    to the round's requests. Its thread does not run meanwhile: its write
-    would land on whichever variant's turn it fell in.
+    to the round's requests. Its thread does not run meanwhile (a round
+    holds fewer requests than wake it): its work would land on whichever
+    variant's turn it fell in.
     """
     variants: dict[str, dict[str, Variant]] = {}
     stores: list[SQLAlchemyKeyStore] = []
@@ -83,9 +85,10 @@ def in_process(table: Table, databases: dict[str, str], *, rounds: int, requests
         variant.check()
         variant.run_round()
     for label, group in variants.items():
+        chunk = max(1, round(TURN / (group["on"].median * 1e-6)))
         # About a writer interval of the defaults' requests per round.
-        turns = max(1, round(WRITER_INTERVAL / (group["on"].median * 1e-6) / CHUNK))
-        _interleaved(label, list(group.values()), rounds=rounds, turns=turns)
+        turns = max(1, min(round(WRITER_INTERVAL / TURN), (LANE_LENGTH - 1) // chunk))
+        _interleaved(label, list(group.values()), rounds=rounds, turns=turns, chunk=chunk)
     for middleware in middlewares:
         middleware.close()
     for label, group in variants.items():
@@ -115,8 +118,10 @@ def in_process(table: Table, databases: dict[str, str], *, rounds: int, requests
         store.close()
 
 
-def _interleaved(label: str, variants: list[Variant], *, rounds: int, turns: int) -> None:
-    """Rounds of ``turns`` turns of :data:`CHUNK` requests per variant, each
+def _interleaved(
+    label: str, variants: list[Variant], *, rounds: int, turns: int, chunk: int
+) -> None:
+    """Rounds of ``turns`` turns of ``chunk`` requests per variant, each
     round's finish timed after it."""
     for number in range(rounds):
         print(f"  usage in-process {label} round {number + 1}/{rounds}", end="\r", flush=True)
@@ -125,14 +130,14 @@ def _interleaved(label: str, variants: list[Variant], *, rounds: int, turns: int
             # Every other turn backwards: no variant always runs after the same one.
             order = range(len(variants)) if turn % 2 == 0 else range(len(variants))[::-1]
             for index in order:
-                spent[index] += variants[index].run_chunk(CHUNK)
+                spent[index] += variants[index].run_chunk(chunk)
         for index, variant in enumerate(variants):
-            variant.samples.append(spent[index] / (turns * CHUNK) * 1e6)
+            variant.samples.append(spent[index] / (turns * chunk) * 1e6)
             if variant.finish is not None:
                 started = time.perf_counter()
                 variant.finish()
                 elapsed = time.perf_counter() - started
-                variant.finish_samples.append(elapsed / (turns * CHUNK) * 1e6)
+                variant.finish_samples.append(elapsed / (turns * chunk) * 1e6)
     print()
 
 
