@@ -270,5 +270,6 @@ class UsageWriter(UsageBuffer):
                 self._dropped += left
                 self._groups = {}
                 self._pending_bytes = 0
+                self._finished = True
         if lost:
             logger.error("usage log closed with %d rows it could not write: they are lost", lost)

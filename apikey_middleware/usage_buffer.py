@@ -63,6 +63,7 @@ class UsageBuffer:
         # A batch's worth of requests in the lane may be as many new rows.
         self._lane_wake = min(batch_size, self._lane_length) - 1
         self._closed = False
+        self._finished = False  # closed, and its last rows written or dropped
         self._reset()
 
     def _reset(self) -> None:
@@ -93,7 +94,8 @@ class UsageBuffer:
     def pending(self) -> int:
         """Requests logged and not yet written (a write under way included)."""
         with self._state_lock:
-            return self._buffered() + self._in_flight + len(self._lane)
+            self._drain()
+            return self._buffered() + self._in_flight
 
     @property
     def dropped(self) -> int:
@@ -214,8 +216,9 @@ class UsageBuffer:
     def _drain(self) -> None:
         """Count the lane's requests into the buffer (under the state lock).
 
-        They were logged before any close: the buffer's bounds apply to
-        them, a close does not."""
+        They were logged before the close began: the buffer's bounds apply
+        to them, the close does not. Once the close is over, a request that
+        saw the lane open just before is counted as dropped."""
         lane = self._lane
         if not lane:
             return
@@ -223,6 +226,9 @@ class UsageBuffer:
         entries = lane[:taken]
         # Only the front goes: requests append at the back meanwhile.
         del lane[:taken]
+        if self._finished:
+            self._dropped += taken
+            return
         # Most repeat the one before, in its minute: counted without a lookup.
         last: tuple[str, str, str, int | str, str | None] | None = None
         count: list[float] | None = None

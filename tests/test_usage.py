@@ -320,6 +320,22 @@ def test_close_is_safe_twice_and_later_rows_are_counted_as_dropped(
     assert requests_logged(sqlite_store, key.id) == 1
 
 
+def test_a_request_that_saw_the_writer_open_as_it_closed_is_counted_as_dropped(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    """An accepted request checks that the writer runs, then appends itself
+    without a lock: one that checked just before close() and appends just
+    after it ends counted, not lost."""
+    writer = UsageWriter(sqlite_store)
+    writer.record(key.id, "GET", "/", 200, None)
+    writer.record(key.id, "GET", "/", 200, None)
+    writer.close()
+    writer._lane_open = True  # what that request saw
+    writer.record(key.id, "GET", "/late", 200, None)
+    assert (writer.written, writer.dropped, writer.pending) == (2, 1, 0)
+    assert requests_logged(sqlite_store, key.id) == 2
+
+
 def test_buffer_is_bounded_and_drops_are_counted_and_reported(
     sqlite_store: SQLAlchemyKeyStore, key: IssuedKey, caplog: pytest.LogCaptureFixture
 ) -> None:
