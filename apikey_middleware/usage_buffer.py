@@ -37,8 +37,8 @@ _LANE_ENTRY_BYTES = 2048
 class UsageBuffer:
     """Logged requests waiting to be written, within bounds; the base of
     :class:`~apikey_middleware.usage.UsageWriter`, which starts its thread
-    (:meth:`_start`) with the first request and writes what it takes
-    (:meth:`_take`).
+    with the first request (``_start``) and writes what it takes
+    (``_take``).
 
     :param max_pending: the most rows held in memory (identical requests
         of a minute are one row); requests that would make more are dropped
