@@ -306,7 +306,8 @@ class ApiKeyMiddleware(KeyGuard):
             _log_first(record, started, key_id, method, path, address, accepted)
             raise
         if started:
-            # The writer reads a line's code, off the request path.
+            # The writer reads a line's code, off the request path; what is
+            # not a line (an int, bytes) has none.
             status: int | str = started[0]
             if type(status) is not str:
                 status = status_code(status)

@@ -147,10 +147,9 @@ class UsageWriter(UsageBuffer):
             if time.monotonic() < due and not self._closed:
                 # Woken early, by a batch's worth of rows or of requests in
                 # the lane (which may be fewer rows): write only the former.
-                with self._state_lock:
-                    self._drain()
-                    if len(self._groups) < self.batch_size:
-                        continue
+                self._drain()
+                if len(self._groups) < self.batch_size:
+                    continue
             try:
                 self.flush()
             except Exception:  # the writer must outlive any surprise
@@ -204,7 +203,7 @@ class UsageWriter(UsageBuffer):
                 del self._retry[0]
             if self._dropped != self._reported_drops:
                 logger.warning(
-                    "usage log buffer full: %d rows dropped so far",
+                    "usage log: %d rows dropped so far (its buffer was full, or it was closed)",
                     self._dropped,
                 )
                 self._reported_drops = self._dropped
@@ -242,8 +241,9 @@ class UsageWriter(UsageBuffer):
         write is retried for up to :data:`CLOSE_RETRY_SECONDS`; rows that
         could not be written by then are counted as dropped, and said so
         (some may have been stored, if a commit's answer was lost)."""
-        self._closed = True
-        self._lane_open = False
+        with self._state_lock:  # not while the thread starts
+            self._closed = True
+            self._lane_open = False
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -262,9 +262,9 @@ class UsageWriter(UsageBuffer):
             for batch in self._retry:
                 self._done(batch, dropped=batch.requests)
             self._retry = []
+            # Recorded while the last flush wrote.
+            self._drain()
             with self._state_lock:
-                # Recorded while the last flush wrote.
-                self._drain()
                 left = self._buffered()
                 lost += left
                 self._dropped += left

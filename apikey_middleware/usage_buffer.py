@@ -30,8 +30,12 @@ REFUSED_TARGETS = 20
 #: (fewer if the buffer's bounds are small). Only short paths wait so.
 LANE_LENGTH = 8192
 LANE_PATH_LENGTH = 256
+LANE_STATUS_LENGTH = 64
 # The most a waiting request takes, its strings included (CPython, 64-bit).
-_LANE_ENTRY_BYTES = 2048
+_LANE_ENTRY_BYTES = 2560
+#: Requests counted from the lane in one hold of the buffer's lock: a
+#: request that needs the lock waits for one such chunk at most.
+DRAIN_CHUNK = 256
 
 
 class UsageBuffer:
@@ -93,16 +97,16 @@ class UsageBuffer:
     @property
     def pending(self) -> int:
         """Requests logged and not yet written (a write under way included)."""
+        self._drain()
         with self._state_lock:
-            self._drain()
-            return self._buffered() + self._in_flight
+            return self._buffered() + self._in_flight + len(self._lane)
 
     @property
     def dropped(self) -> int:
         """Requests not logged since the start: the buffer was full, or the
         database refused their row."""
+        self._drain()
         with self._state_lock:
-            self._drain()
             return self._dropped
 
     def _buffered(self) -> int:
@@ -113,8 +117,8 @@ class UsageBuffer:
     def pending_bytes(self) -> int:
         """Roughly the memory the buffered rows take (a write under way
         included)."""
+        self._drain()
         with self._state_lock:
-            self._drain()
             return self._pending_bytes
 
     def record(
@@ -147,9 +151,10 @@ class UsageBuffer:
             and len(path) <= LANE_PATH_LENGTH
             and len(method) <= MAX_METHOD_LENGTH
             and (remote_addr is None or len(remote_addr) <= MAX_ADDRESS_LENGTH)
+            and (type(status) is int or (type(status) is str and len(status) <= LANE_STATUS_LENGTH))
         ):
             lane.append((key_id, method, path, status, remote_addr, now))
-            if waiting == self._lane_wake:
+            if waiting >= self._lane_wake and not self._wake.is_set():
                 # Each may be a new row: a batch's worth wake the writer.
                 self._wake.set()
             return
@@ -214,7 +219,16 @@ class UsageBuffer:
         return count
 
     def _drain(self) -> None:
-        """Count the lane's requests into the buffer (under the state lock).
+        """Count the requests waiting in the lane into the buffer, a chunk
+        at a time under the state lock (not held when called). Those that
+        come meanwhile wait for the next time."""
+        for _ in range(-(-len(self._lane) // DRAIN_CHUNK)):
+            with self._state_lock:
+                self._drain_chunk()
+
+    def _drain_chunk(self) -> None:
+        """Count the first :data:`DRAIN_CHUNK` requests of the lane into the
+        buffer (under the state lock).
 
         They were logged before the close began: the buffer's bounds apply
         to them, the close does not. Once the close is over, a request that
@@ -222,8 +236,8 @@ class UsageBuffer:
         lane = self._lane
         if not lane:
             return
-        taken = len(lane)
-        entries = lane[:taken]
+        entries = lane[:DRAIN_CHUNK]
+        taken = len(entries)
         # Only the front goes: requests append at the back meanwhile.
         del lane[:taken]
         if self._finished:
@@ -252,8 +266,8 @@ class UsageBuffer:
         Their requests, rows and bytes stay counted against the bounds
         until written.
         """
+        self._drain()
         with self._state_lock:
-            self._drain()
             groups, self._groups = self._groups, {}
             self._in_flight_rows += len(groups)
         # Only requests holding the lock count in a row, and they find the

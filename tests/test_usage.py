@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import tracemalloc
@@ -21,6 +22,7 @@ from apikey_middleware import ApiKeyMiddleware, IssuedKey, SQLAlchemyKeyStore, u
 from apikey_middleware.flask import ApiKeys, require_scopes
 from apikey_middleware.keys import generate_key, holds_key, redact_secrets
 from apikey_middleware.usage import MAX_ADDRESS_LENGTH, REFUSED_TARGETS, UsageRecord, UsageWriter
+from apikey_middleware.usage_buffer import DRAIN_CHUNK
 
 from .conftest import TEST_ROUNDS, RecordingApp, StoreFactory, bearer
 
@@ -334,6 +336,89 @@ def test_a_request_that_saw_the_writer_open_as_it_closed_is_counted_as_dropped(
     writer.record(key.id, "GET", "/late", 200, None)
     assert (writer.written, writer.dropped, writer.pending) == (2, 1, 0)
     assert requests_logged(sqlite_store, key.id) == 2
+
+
+def test_a_close_while_the_writer_starts_leaves_the_lane_shut(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() running while the first request starts the writer's thread
+    must not find the lane opened behind it: later requests are dropped
+    and counted at once, not left waiting in it."""
+    writer = UsageWriter(sqlite_store, interval=3600)
+    start = threading.Thread.start
+    closer = threading.Thread(target=writer.close)
+
+    def start_then_close(thread: threading.Thread) -> None:
+        if thread.name == "apikey-usage-writer" and not closer.is_alive():
+            closer.start()
+            closer.join(0.3)  # close() runs now, or waits for the start to finish
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_close)
+    writer.record(key.id, "GET", "/", 200, None)
+    closer.join()
+    monkeypatch.undo()
+    for _ in range(100):
+        writer.record(key.id, "GET", "/after", 200, None)
+    assert writer._lane == []
+    assert writer.written + writer.dropped == 101
+
+
+def test_long_status_lines_do_not_wait_in_the_lane(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    """An app that builds a long status line per response: the lane holds
+    no line longer than a short one, so the lines are not kept."""
+    writer = UsageWriter(
+        sqlite_store, max_pending_bytes=1_000_000, interval=3600, batch_size=100_000
+    )
+    writer.record(key.id, "GET", "/", 200, None)  # starts the writer
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(2_000):
+            writer.record(key.id, "GET", "/", f"200 {n} " + "x" * 100_000, None)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000, peak
+    writer.close()
+    assert [(row.status, row.requests) for row in sqlite_store.usage(key.id)] == [(200, 2_001)]
+
+
+def test_the_lane_is_counted_a_chunk_at_a_time(
+    sqlite_store: SQLAlchemyKeyStore, key: IssuedKey
+) -> None:
+    """Counting a full lane of new rows takes tens of milliseconds: a
+    request that needs the buffer's lock (a refused one) waits for one
+    chunk of it, not for all of it."""
+    writer = UsageWriter(sqlite_store, interval=3600, batch_size=100_000)
+    writer.record(key.id, "GET", "/", 200, None)  # starts the writer
+    for n in range(3_000):
+        writer.record(key.id, "GET", f"/{n}", 200, None)
+    waiting: list[int] = []
+
+    class Watched:
+        """The state lock, noting how many requests wait in the lane each
+        time it is taken."""
+
+        def __init__(self, lock: threading.Lock) -> None:
+            self.lock = lock
+
+        def __enter__(self) -> None:
+            self.lock.acquire()
+            waiting.append(len(writer._lane))
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+
+    writer._state_lock = Watched(writer._state_lock)  # type: ignore[assignment]
+    assert writer.pending == 3_001
+    taken = [a - b for a, b in itertools.pairwise(waiting) if a > b]
+    assert len(taken) >= 3_000 // DRAIN_CHUNK
+    assert max(taken) <= DRAIN_CHUNK
+    writer.close()
+    assert requests_logged(sqlite_store, key.id) == 3_001
 
 
 def test_buffer_is_bounded_and_drops_are_counted_and_reported(
