@@ -40,7 +40,9 @@ def one_line_error(result: Result, code: int, text: str) -> None:
     assert result.exit_code == code, result.output
     assert text in result.stderr, result.stderr
     assert "Traceback" not in result.output
-    assert len([line for line in result.stderr.splitlines() if line.startswith("Error")]) == 1
+    # One line, usage errors too (click's own add the usage and a hint).
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("Error: ")
 
 
 def every_command() -> list[click.Command]:

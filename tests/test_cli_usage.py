@@ -257,6 +257,11 @@ def test_no_requests_is_said_so(url: str, store: SQLAlchemyKeyStore) -> None:
         (["usage", "prune", "--older-than", "ninety"], 2, "not a duration"),
         (["usage", "prune", "--older-than", "90d", "--json"], 2, "--older-than only"),
         (["usage", "ID", "--older-than", "90d"], 2, "goes with 'apikey usage prune'"),
+        (["usage", "ID", "--limit", "3"], 2, "--limit goes with --json"),
+        (["usage", "ID", "--by", "hour", "--json", "--limit", "3"], 2, "--limit goes with --json"),
+        (["usage", "--owner", "acme", "--json", "--limit", "1"], 2, "--limit goes with --json"),
+        (["usage", "prune", "--older-than", "90d", "--limit", "1"], 2, "--older-than only"),
+        (["usage", "ID", "--limit", "0", "--json"], 2, "0 is not in the range"),
         (["usage", "nosuchkey00000"], 1, "no API key with id 'nosuchkey00000'"),
     ],
 )
@@ -268,7 +273,9 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(
     assert result.exit_code == code, result.output
     assert message in result.stderr
     assert "Traceback" not in result.output
-    assert len([line for line in result.stderr.splitlines() if line.startswith("Error")]) == 1
+    # One line, usage errors too (click's own add the usage and a hint).
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("Error: ")
 
 
 def test_a_long_range_by_minute_shows_only_the_minutes_with_requests(

@@ -100,8 +100,9 @@ def shown(text: str | None) -> str:
 
 
 class Redacting(click.Group):
-    """A group whose usage errors never repeat a key a user pasted by mistake
-    (click quotes bad values and unexpected arguments back)."""
+    """A group whose usage errors are one line that never repeats a key a
+    user pasted by mistake (click quotes bad values and unexpected
+    arguments back)."""
 
     def make_context(
         self,
@@ -118,16 +119,27 @@ class Redacting(click.Group):
             return super().invoke(ctx)
 
 
+class OneLineUsageError(click.UsageError):
+    """A usage error told in one line, as every other error is, with the
+    command whose help explains it (click's own adds the usage before)."""
+
+    def show(self, file: t.IO[t.Any] | None = None) -> None:
+        hint = "" if self.ctx is None else f" (see '{self.ctx.command_path} --help')"
+        click.echo(f"Error: {self.format_message()}{hint}", file=file, err=file is None)
+
+
 @contextmanager
 def _redacted() -> Iterator[None]:
     try:
         yield
+    except OneLineUsageError:
+        raise
+    except click.UsageError as error:
+        raise OneLineUsageError(redact_keys(error.format_message()), error.ctx) from None
     except click.ClickException as error:
         message = error.format_message()
         if not holds_key(message):
             raise
-        if isinstance(error, click.UsageError):
-            raise click.UsageError(redact_keys(message), error.ctx) from None
         raise click.ClickException(redact_keys(message)) from None
 
 

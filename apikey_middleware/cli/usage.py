@@ -203,9 +203,7 @@ def _latest_line(row: tuple[datetime, int, str, str, str | None, int]) -> str:
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
-    default=_JSON_ROWS,
-    show_default=True,
-    help="With --json and no --by: the newest rows printed, at most.",
+    help=f"With --json and no --by: the newest rows printed, at most (default {_JSON_ROWS}).",
 )
 @click.option(
     "--older-than",
@@ -219,13 +217,13 @@ def usage(
     since: timedelta | None,
     by: Bucket | None,
     as_json: bool,
-    limit: int,
+    limit: int | None,
     older_than: timedelta | None,
 ) -> None:
     """Requests made with a key: a chart by status class, its top paths and
     its latest requests. 'usage prune --older-than 90d' deletes old usage."""
     if key_id == PRUNE:
-        if owner is not None or since is not None or by is not None or as_json:
+        if owner is not None or since is not None or by is not None or as_json or limit:
             raise click.UsageError("usage prune takes --older-than only")
         _prune(older_than)
         return
@@ -233,6 +231,10 @@ def usage(
         raise click.UsageError(f"--older-than goes with '{group_path()} usage prune'")
     if key_id is not None and owner is not None:
         raise click.UsageError("give a key's ID or --owner, not both")
+    if limit is not None and (not as_json or by is not None or owner is not None):
+        raise click.UsageError(
+            "--limit goes with --json, for a key's rows (not with --by or --owner)"
+        )
     start = None if since is None else utcnow() - since
     if owner is not None:
         _owner_usage(owner, start, by or "day", as_json)
@@ -241,7 +243,7 @@ def usage(
         raise click.UsageError("give a key's ID, or --owner")
     record = get_record(key_id)
     if as_json and by is None:
-        rows = store().usage(record.id, since=start, limit=limit)
+        rows = store().usage(record.id, since=start, limit=limit or _JSON_ROWS)
         click.echo(json.dumps([usage_json(row) for row in rows], indent=2))
         return
     by = by or "day"
