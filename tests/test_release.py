@@ -48,7 +48,8 @@ def test_pre_commit_runs_the_ruff_that_the_lint_group_pins() -> None:
     assert re.findall(r"rev: (\S+)", config) == [f"v{pinned}"]
 
 
-def run(*args: str | Path, cwd: Path) -> str:
+def run(*args: str | Path, cwd: Path, stderr: bool = False) -> str:
+    """What the command printed (with ``stderr``, its warnings after)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     process = subprocess.run(  # noqa: S603 - our own interpreter and paths
         [str(arg) for arg in args],
@@ -60,13 +61,15 @@ def run(*args: str | Path, cwd: Path) -> str:
         check=False,
     )
     assert process.returncode == 0, process.stdout + process.stderr
-    return process.stdout
+    return process.stdout + process.stderr if stderr else process.stdout
 
 
 @pytest.mark.slow
 def test_built_distributions_install_and_run_in_a_fresh_venv(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
-    run(sys.executable, "-m", "build", "--outdir", dist, ROOT, cwd=tmp_path)
+    built = run(sys.executable, "-m", "build", "--outdir", dist, ROOT, cwd=tmp_path, stderr=True)
+    # Every directory of the package is one, data directories too.
+    assert "Package would be ignored" not in built
     (sdist,) = dist.glob("*.tar.gz")
     (wheel,) = dist.glob("*.whl")
 
