@@ -44,16 +44,7 @@ class UsageBuffer:
     with the first request (``_start``) and writes what it takes
     (``_take``).
 
-    :param max_pending: the most rows held in memory (identical requests
-        of a minute are one row); requests that would make more are dropped
-        and counted.
-    :param max_pending_bytes: the most memory those rows may take, roughly;
-        method, path and address are cut to their column sizes when a row
-        is recorded, so a long path cannot make a row large. Requests that
-        wait in the lane (at most :data:`LANE_LENGTH`) may take as much
-        again.
-    :param batch_size: rows that wake the writer before its interval is
-        up, and the most written in one transaction.
+    Its parameters are the writer's, described there.
     """
 
     def __init__(self, *, max_pending: int, max_pending_bytes: int, batch_size: int) -> None:
