@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=25, help="in-process rounds")
     parser.add_argument("--requests", type=int, default=600, help="per in-process round")
     parser.add_argument("--server-rounds", type=int, default=9)
+    parser.add_argument(
+        "--usage-server-rounds", type=int, default=15, help="usage log on / off under gunicorn"
+    )
     parser.add_argument("--server-requests", type=int, default=1000)
     parser.add_argument("--flood-rounds", type=int, default=9)
     parser.add_argument("--server-flood-rounds", type=int, default=5)
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
                 keys[label] = (url, issued.key, issued.id)
                 store.close()
             bench_usage.under_gunicorn(
-                table, keys, rounds=args.server_rounds, requests=args.server_requests
+                table, keys, rounds=args.usage_server_rounds, requests=args.server_requests
             )
             for label, url in servers.items():
                 url = url.replace("bench.db", "usage-writer.db")

@@ -29,6 +29,7 @@ def test_the_benchmark_suite_runs_and_prints_one_table() -> None:
             "--rounds=1",
             "--requests=20",
             "--server-rounds=1",
+            "--usage-server-rounds=1",
             "--server-requests=50",
             "--flood-rounds=1",
             "--server-flood-rounds=1",
