@@ -146,7 +146,8 @@ def under_gunicorn(
 ) -> None:
     """Requests per second with the usage log on and off, immediate and
     channel mode, 2 gunicorn workers each, each server loaded for 2 s
-    (1 s runs swung by 20 % with the shared machine's spells)."""
+    (1 s runs swung by 20 % with the shared machine's spells); and one app
+    on two servers, whose ratio shows how far the noise alone goes."""
     loads: dict[str, tuple[int, dict[str, str]]] = {}
     with contextlib.ExitStack() as stack:
         for label, (url, key, key_id) in databases.items():
@@ -155,6 +156,9 @@ def under_gunicorn(
             for kind in ("wrapped", "wrapped+log", "channel", "channel+log"):
                 port = stack.enter_context(serving(kind, env))
                 loads[f"{kind} ({label})"] = (port, headers)
+            # The same app twice: how far two identical servers measure apart.
+            port = stack.enter_context(serving("wrapped", env))
+            loads[f"wrapped, a second server ({label})"] = (port, headers)
         for name, (port, headers) in loads.items():
             warm = load(port, "/hello", headers, total=300)
             if set(warm.statuses) != {200}:
@@ -182,6 +186,11 @@ def under_gunicorn(
                 paired(rates[f"{kind}+log ({label})"], rates[f"{kind} ({label})"]),
                 ">= 0.95",
             )
+        table.ratio(
+            section,
+            f"the same app on two servers, req/s ({label}, immediate): the noise",
+            paired(rates[f"wrapped, a second server ({label})"], rates[f"wrapped ({label})"]),
+        )
 
 
 def writer_throughput(table: Table, label: str, url: str, requests: int = 20_000) -> None:
