@@ -76,6 +76,16 @@ def flask_app(url: str) -> Flask:
     return app
 
 
+def test_no_command_shows_the_help_not_an_error(url: str) -> None:
+    for result in (
+        CliRunner().invoke(main, []),
+        flask_app(url).test_cli_runner().invoke(args=["apikeys"]),
+    ):
+        assert "Usage:" in result.output
+        assert "Error" not in result.output
+        assert "create" in result.output
+
+
 def test_flask_apikeys_takes_dash_h_like_apikey(url: str) -> None:
     runner = flask_app(url).test_cli_runner()
     for args in (["apikeys", "-h"], ["apikeys", "list", "-h"]):

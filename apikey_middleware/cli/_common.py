@@ -132,8 +132,8 @@ class OneLineUsageError(click.UsageError):
 def _redacted() -> Iterator[None]:
     try:
         yield
-    except OneLineUsageError:
-        raise
+    except (OneLineUsageError, click.exceptions.NoArgsIsHelpError):
+        raise  # told already, or the help asked for by giving nothing
     except click.UsageError as error:
         raise OneLineUsageError(redact_keys(error.format_message()), error.ctx) from None
     except click.ClickException as error:
